@@ -1,0 +1,1 @@
+"""Python SDK for Simple Router's REST and WebSocket API."""

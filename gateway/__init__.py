@@ -1,0 +1,1 @@
+"""FastAPI gateway: REST (accounts, trading) and the client WebSocket."""

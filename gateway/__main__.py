@@ -1,0 +1,16 @@
+import uvicorn
+
+from shared.logs import setup_logging
+from shared.settings import get_settings
+
+settings = get_settings()
+setup_logging("gateway", settings.log.level)
+uvicorn.run(
+    "gateway.app:create_app",
+    factory=True,
+    host=settings.gateway.host,
+    port=settings.gateway.port,
+    workers=settings.gateway.workers,
+    log_level=settings.log.level.lower(),
+    ws_max_size=64 * 1024,
+)

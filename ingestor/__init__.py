@@ -1,0 +1,1 @@
+"""Exchange ingestors: one process per exchange, WebSocket -> normalized messages -> Redis."""

@@ -1,0 +1,164 @@
+"""A small supervisor: starts the processes, prefixes their output, reports a death loudly and restarts it,
+stops everything on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.settings import ROOT, SettingsError, load_settings
+
+DATA = ROOT / "data"
+RESTART_LIMIT = 5  # restarts per process within RESTART_WINDOW_S before the launcher gives up
+RESTART_WINDOW_S = 60.0
+COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
+RESET = "\033[0m"
+
+
+def say(msg: str) -> None:
+    print(f"launcher | {msg}", flush=True)
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    color: str
+    proc: asyncio.subprocess.Process | None = None
+    restarts: list[float] = field(default_factory=list)
+
+
+def jwt_secret() -> str:
+    path = DATA / "jwt_secret"
+    if path.exists() and len(path.read_text().strip()) >= 32:
+        return path.read_text().strip()
+    DATA.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+class Launcher:
+    def __init__(self, procs: list[Proc], env: dict[str, str]) -> None:
+        self.procs = procs
+        self.env = env
+        self.stopping = asyncio.Event()
+        self.failed = False
+
+    async def _pump(self, p: Proc) -> None:
+        assert p.proc and p.proc.stdout
+        tty = sys.stdout.isatty()
+        prefix = f"{p.color}{p.name:>16} |{RESET} " if tty else f"{p.name:>16} | "
+        async for line in p.proc.stdout:
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def _run_one(self, p: Proc) -> None:
+        while not self.stopping.is_set():
+            p.proc = await asyncio.create_subprocess_exec(
+                *p.argv, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+            )
+            say(f"started {p.name} (pid {p.proc.pid}): {' '.join(p.argv[1:])}")
+            pump = asyncio.create_task(self._pump(p))
+            rc = await p.proc.wait()
+            await asyncio.wait([pump], timeout=2)
+            if self.stopping.is_set():
+                return
+            now = time.monotonic()
+            p.restarts = [t for t in p.restarts if now - t < RESTART_WINDOW_S] + [now]
+            banner = "!" * 72
+            say(f"\n{banner}\n!!! {p.name} DIED with exit code {rc}\n{banner}")
+            if len(p.restarts) > RESTART_LIMIT:
+                say(f"{p.name} died {len(p.restarts)} times in {RESTART_WINDOW_S:.0f}s: stopping everything")
+                self.failed = True
+                self.stopping.set()
+                return
+            await asyncio.sleep(1.0)
+            say(f"restarting {p.name}")
+
+    async def _terminate(self) -> None:
+        for p in self.procs:
+            if p.proc and p.proc.returncode is None:
+                p.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            if p.proc and p.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(p.proc.wait(), max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    say(f"{p.name} ignored SIGTERM: killing it")
+                    p.proc.kill()
+                    await p.proc.wait()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        runners = [asyncio.create_task(self._run_one(p)) for p in self.procs]
+        await self.stopping.wait()
+        say("stopping all processes")
+        await self._terminate()
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        say("all processes stopped")
+        return 1 if self.failed else 0
+
+
+def build(feed: str, env: dict[str, str]) -> list[Proc]:
+    py = sys.executable
+    procs: list[tuple[str, list[str]]] = []
+    if feed == "sim":
+        bport, oport = free_port(), free_port()
+        env["BINANCE_WS_URL"] = f"ws://127.0.0.1:{bport}"
+        env["OKX_WS_URL"] = f"ws://127.0.0.1:{oport}/ws/v5/public"
+        procs.append(("simulator", [py, "-m", "simulator", "--binance-port", str(bport), "--okx-port", str(oport)]))
+    procs += [
+        ("ingestor-binance", [py, "-m", "ingestor", "binance"]),
+        ("ingestor-okx", [py, "-m", "ingestor", "okx"]),
+        ("matcher", [py, "-m", "matcher"]),
+        ("gateway", [py, "-m", "gateway"]),
+    ]
+    return [Proc(n, a, COLORS[i % len(COLORS)]) for i, (n, a) in enumerate(procs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launcher", description="Start Simple Router (every process).")
+    ap.add_argument("--feed", choices=["live", "sim"], default=os.environ.get("FEED", "live") or "live")
+    args = ap.parse_args(argv)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    try:
+        settings = load_settings(env=env)
+    except SettingsError as e:
+        say(str(e))
+        return 2
+    redis_srv: EmbeddedRedis | None = None
+    if not settings.redis.url:
+        redis_srv = EmbeddedRedis(DATA / "redis", port=settings.redis.port, appendfsync=settings.redis.appendfsync)
+        redis_srv.start()
+        env["REDIS_URL"] = redis_srv.url
+        say(f"embedded redis-server on {redis_srv.url} (AOF in {redis_srv.data_dir}); inspect with: "
+            f"redis-cli -p {redis_srv.port}")
+    else:
+        say(f"using Redis at {settings.redis.url}")
+    if not settings.auth.jwt_secret:
+        env["JWT_SECRET"] = jwt_secret()
+    procs = build(args.feed, env)
+    say(f"feed={args.feed}; REST and WebSocket on http://{settings.gateway.host}:{settings.gateway.port} "
+        f"(docs at /docs)")
+    try:
+        return asyncio.run(Launcher(procs, env).run())
+    finally:
+        if redis_srv:
+            redis_srv.stop()
+            say("redis-server stopped")

@@ -1,0 +1,1 @@
+"""The matcher: settles paper orders against the live best touch."""

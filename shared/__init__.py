@@ -1,0 +1,1 @@
+"""Code shared by every process: settings, message schema, Redis names, money helpers."""

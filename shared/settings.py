@@ -1,0 +1,257 @@
+"""Settings: one TOML file, overridden by environment variables, validated once at start.
+
+Load with ``load_settings()``; a wrong file or variable raises ``SettingsError`` whose text names the
+offending key (``pairs.2.tick_size: ...``), and ``get_settings()`` turns that into a clean exit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "config.toml"
+ENV_PREFIX = "SR_"
+# Short environment names users expect, mapped onto the nested keys.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {
+    "REDIS_URL": ("redis", "url"),
+    "PORT": ("gateway", "port"),
+    "JWT_SECRET": ("auth", "jwt_secret"),
+    "BINANCE_WS_URL": ("binance", "ws_url"),
+    "OKX_WS_URL": ("okx", "ws_url"),
+    "LOG_LEVEL": ("log", "level"),
+}
+
+EXCHANGES: tuple[str, ...] = ("binance", "okx")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _positive_decimal(v: Any) -> Decimal:
+    if isinstance(v, float):
+        raise ValueError("write decimals as strings (\"0.01\"), not floats")
+    try:
+        d = Decimal(str(v))
+    except Exception as e:  # noqa: BLE001 - any parse failure is a config error
+        raise ValueError(f"not a decimal: {v!r}") from e
+    if not d.is_finite() or d <= 0:
+        raise ValueError(f"must be a positive finite decimal, got {v!r}")
+    return d
+
+
+class Pair(_Strict):
+    symbol: str = Field(pattern=r"^[A-Z0-9]{2,20}$")
+    base: str = Field(pattern=r"^[A-Z0-9]{1,10}$")
+    quote: str = Field(pattern=r"^[A-Z0-9]{1,10}$")
+    binance: str = Field(pattern=r"^[A-Z0-9]{2,20}$")
+    okx: str = Field(pattern=r"^[A-Z0-9]{1,10}-[A-Z0-9]{1,10}$")
+    tick_size: Decimal
+    lot_step: Decimal
+    min_notional: Decimal
+    maker_fee: Decimal = Decimal(0)
+    taker_fee: Decimal = Decimal(0)
+
+    @field_validator("tick_size", "lot_step", "min_notional", mode="before")
+    @classmethod
+    def _pos(cls, v: Any) -> Decimal:
+        return _positive_decimal(v)
+
+    @field_validator("maker_fee", "taker_fee", mode="before")
+    @classmethod
+    def _fee(cls, v: Any) -> Decimal:
+        d = Decimal(str(v))
+        if not d.is_finite() or d < 0 or d >= 1:
+            raise ValueError("fee rate must be in [0, 1)")
+        return d
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Pair:
+        if self.symbol != self.base + self.quote:
+            raise ValueError(f"symbol {self.symbol} is not base+quote ({self.base}{self.quote})")
+        if self.okx != f"{self.base}-{self.quote}":
+            raise ValueError(f"okx symbol {self.okx} does not match {self.base}-{self.quote}")
+        return self
+
+
+class RedisSettings(_Strict):
+    url: str = ""
+    port: int = Field(default=0, ge=0, le=65535)
+    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
+class GatewaySettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+
+
+class AuthSettings(_Strict):
+    jwt_secret: str = ""
+    token_ttl_s: int = Field(default=86400, ge=60)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+
+
+class FeedSettings(_Strict):
+    stale_after_s: float = Field(default=5.0, gt=0)
+    idle_timeout_s: float = Field(default=15.0, gt=0)
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    stable_after_s: float = Field(default=10.0, gt=0)
+
+
+class BinanceSettings(_Strict):
+    ws_url: str = "wss://stream.binance.com:9443"
+    depth_levels: Literal[5, 10, 20] = 10
+    max_lifetime_s: float = Field(default=82800, gt=0)
+
+
+class OkxSettings(_Strict):
+    ws_url: str = "wss://ws.okx.com:8443/ws/v5/public"
+    ping_after_s: float = Field(default=20.0, gt=0, lt=30)
+
+
+class LogSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_logs: bool = False
+
+
+class Settings(_Strict):
+    redis: RedisSettings = RedisSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    auth: AuthSettings = AuthSettings()
+    feeds: FeedSettings = FeedSettings()
+    binance: BinanceSettings = BinanceSettings()
+    okx: OkxSettings = OkxSettings()
+    log: LogSettings = LogSettings()
+    pairs: tuple[Pair, ...] = Field(min_length=1)
+
+    @field_validator("binance", "okx")
+    @classmethod
+    def _ws_url(cls, v: Any) -> Any:
+        if not v.ws_url.startswith(("ws://", "wss://")):
+            raise ValueError(f"ws_url must start with ws:// or wss://, got {v.ws_url!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> Settings:
+        for attr in ("symbol", "binance", "okx"):
+            seen = [getattr(p, attr) for p in self.pairs]
+            dup = {s for s in seen if seen.count(s) > 1}
+            if dup:
+                raise ValueError(f"pairs: duplicate {attr} {sorted(dup)}")
+        return self
+
+    _by_symbol: dict[str, Pair] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._by_symbol.update({p.symbol: p for p in self.pairs})
+
+    def pair(self, symbol: str) -> Pair | None:
+        return self._by_symbol.get(symbol)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(p.symbol for p in self.pairs)
+
+    @property
+    def assets(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for p in self.pairs:
+            seen.setdefault(p.base)
+            seen.setdefault(p.quote)
+        return tuple(seen)
+
+    def exchange_symbols(self, exchange: str) -> dict[str, str]:
+        """Exchange's own symbol -> our symbol."""
+        return {getattr(p, exchange): p.symbol for p in self.pairs}
+
+
+def _coerce_env(raw: str) -> Any:
+    """Environment values are strings; TOML-parse them when that works so numbers stay numbers."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
+    def put(path: tuple[str, ...], value: str, origin: str) -> None:
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise SettingsError(f"{origin}: {'.'.join(path)} is not a section")
+            node = nxt
+        leaf = path[-1]
+        # Strings stay strings for keys that are strings in the file (a secret like "123" must not become int).
+        node[leaf] = value if isinstance(node.get(leaf), str) or leaf in {"url", "ws_url", "jwt_secret"} else _coerce_env(value)
+
+    for name, path in ENV_ALIASES.items():
+        if env.get(name, "") != "":
+            put(path, env[name], name)
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and name != "SR_CONFIG" and "__" in name:
+            path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__"))
+            put(path, value, name)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    cfg = Path(path or env.get("SR_CONFIG") or DEFAULT_CONFIG)
+    try:
+        data = tomllib.loads(cfg.read_text())
+    except FileNotFoundError as e:
+        raise SettingsError(f"config file not found: {cfg}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{cfg}: not valid TOML: {e}") from e
+    _apply_env(data, env)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise SettingsError(f"invalid settings in {cfg} (or the environment):\n" + "\n".join(lines)) from None
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings; exits with a readable message when they are wrong."""
+    global _settings
+    if _settings is None:
+        try:
+            _settings = load_settings()
+        except SettingsError as e:
+            print(f"simple-router: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return _settings

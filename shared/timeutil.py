@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+import time
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
