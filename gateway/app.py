@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway import errors
 from gateway.routes import health
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
@@ -26,5 +27,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Simple Router", version="0.1.0", lifespan=lifespan,
                   description="Market data from Binance and OKX, and a paper-trading account.")
     app.state.settings = settings
+    errors.install(app)
     app.include_router(health.router)
     return app
