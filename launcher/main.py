@@ -11,11 +11,12 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import ROOT, SettingsError, load_settings
 
-DATA = ROOT / "data"
+DATA = Path(os.environ.get("SR_DATA_DIR") or ROOT / "data")
 RESTART_LIMIT = 5  # restarts per process within RESTART_WINDOW_S before the launcher gives up
 RESTART_WINDOW_S = 60.0
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
