@@ -170,6 +170,24 @@ async def run_one(exchange: str, frames: list[bytes], redis_url: str, port: int)
         await sub.wait()
 
 
+def stage_rates(exchange: str, frames: list[bytes]) -> str:
+    """Where the time goes: parse alone, then parse + encode (no Redis)."""
+    from ingestor.service import make_supervisor_args
+    from shared.schema import encode
+
+    parse = make_supervisor_args(exchange, load_settings(env={}))[0].parse
+    t0 = time.perf_counter()
+    for f in frames:
+        parse(f, 1)
+    t1 = time.perf_counter()
+    for f in frames:
+        for m in parse(f, 1):  # type: ignore[union-attr]
+            encode(m)
+    t2 = time.perf_counter()
+    n = len(frames)
+    return f"parse {n / (t1 - t0):,.0f} frames/s, parse + encode {n / (t2 - t1):,.0f} frames/s"
+
+
 async def amain(n_frames: int, repeat: int) -> int:
     rng = random.Random(7)
     settings = load_settings(env={})
@@ -185,6 +203,7 @@ async def amain(n_frames: int, repeat: int) -> int:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(tmp, appendfsync="no") as srv:
         for exchange, frames in (("binance", bn), ("okx", ok)):
+            print(f"{exchange:8s} stages alone: {stage_rates(exchange, frames)}")
             best = 0.0
             for r in range(repeat):
                 elapsed, batches, received = await run_one(exchange, frames, srv.url, srv.port)
