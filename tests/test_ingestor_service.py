@@ -16,15 +16,15 @@ from ingestor.service import Ingestor
 from ingestor.stats import feed_state
 from shared import names
 from shared.schema import BBO, FeedStatus, Trade, decode
+from shared.settings import Settings
 from shared.timeutil import now_us
-from tests.ingestor_helpers import scripted_server, wait_for
+from tests.ingestor_helpers import doc_settings, scripted_server, wait_for
 
 FAST = {"SR_FEEDS__STALE_AFTER_S": "0.3", "SR_FEEDS__IDLE_TIMEOUT_S": "5", "SR_FEEDS__BACKOFF_INITIAL_S": "0.05",
         "SR_FEEDS__BACKOFF_MAX_S": "0.2", "SR_FEEDS__STABLE_AFTER_S": "5"}
 
 
-def settings_for(tmp_path: Path, **env: str):  # noqa: ANN201 - Settings
-    from tests.ingestor_helpers import doc_settings
+def settings_for(tmp_path: Path, **env: str) -> Settings:
     return doc_settings(tmp_path, **{**FAST, **env})
 
 
