@@ -1,0 +1,112 @@
+"""What the exchange parsers share: the result types and strict, fast field checks.
+
+A parser turns one raw frame into either a list of normalized messages (possibly empty) or a
+``Control`` event for the connection, and raises ``FrameError`` for anything it cannot trust.
+Everything here is pure: no I/O, no clock (the receive time is passed in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from shared.money import MAX_AMOUNT
+from shared.schema import BBO, Book, Level, Trade
+
+MdMessage = BBO | Book | Trade
+ControlKind = Literal["reconnect", "pong", "subscribed", "error", "info"]
+
+# Exceptions that mean "the frame is not shaped as documented"; parsers let them fly and
+# ``guard`` turns them into one FrameError, so the happy path pays for no checks twice.
+MALFORMED = (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError)
+
+
+class FrameError(ValueError):
+    """A frame that must not reach consumers. ``reason`` is a short counter name."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A frame that is about the connection, not the market.
+
+    ``reconnect``: the exchange asked us to redial (Binance serverShutdown, OKX notice 64008).
+    ``error``: the exchange refused something we sent (counted and logged, no redial).
+    """
+
+    kind: ControlKind
+    detail: str = ""
+
+
+ParseResult = list[MdMessage] | Control
+
+_ZERO = Decimal(0)
+
+
+def price(v: Any) -> Decimal:
+    if type(v) is not str:
+        raise FrameError("bad_number", f"price is not a string: {v!r:.40}")
+    d = Decimal(v)
+    if not d.is_finite() or d <= _ZERO or d > MAX_AMOUNT:
+        raise FrameError("bad_number", f"absurd price {v!r:.40}")
+    return d
+
+
+def size(v: Any) -> Decimal:
+    if type(v) is not str:
+        raise FrameError("bad_number", f"size is not a string: {v!r:.40}")
+    d = Decimal(v)
+    if not d.is_finite() or d < _ZERO or d > MAX_AMOUNT:
+        raise FrameError("bad_number", f"absurd size {v!r:.40}")
+    return d
+
+
+def trade_size(v: Any) -> Decimal:
+    d = size(v)
+    if d == _ZERO:
+        raise FrameError("bad_number", "zero trade size")
+    return d
+
+
+def integer(v: Any) -> int:
+    """An exchange id or sequence number sent as a JSON number."""
+    if type(v) is not int or v < 0:
+        raise FrameError("bad_field", f"expected a non-negative integer, got {v!r:.40}")
+    return v
+
+
+def ms_to_us(v: Any) -> int:
+    """Exchange milliseconds (a JSON number on Binance, a digit string on OKX) -> microseconds."""
+    if type(v) is str:
+        if not v.isdigit():
+            raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
+        v = int(v)
+    elif type(v) is not int:
+        raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
+    if v <= 0:
+        raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
+    return v * 1000
+
+
+def levels(raw: Any, descending: bool) -> tuple[Level, ...]:
+    """[[price, size, ...], ...] -> ((Decimal, Decimal), ...), checked for order (best level first)."""
+    if type(raw) is not list:
+        raise FrameError("bad_field", "levels are not a list")
+    out = tuple((price(lv[0]), size(lv[1])) for lv in raw)
+    prev: Decimal | None = None
+    for px, _ in out:
+        if prev is not None and (px >= prev if descending else px <= prev):
+            raise FrameError("unsorted", "book levels out of order")
+        prev = px
+    return out
+
+
+def check_not_crossed(bid: Decimal, ask: Decimal) -> None:
+    # A crossed book within one exchange's frame (normal on OKX in pre-open) is not tradable: dropped.
+    if bid >= ask:
+        raise FrameError("crossed", f"bid {bid} >= ask {ask}")
