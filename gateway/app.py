@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import errors
-from gateway.routes import health
+from gateway.routes import balance, fills, health, orders
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 
@@ -29,4 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(balance.router)
+    app.include_router(orders.router)
+    app.include_router(fills.router)
     return app
