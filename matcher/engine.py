@@ -35,8 +35,9 @@ from shared.timeutil import now_us
 log = logging.getLogger("matcher")
 
 RECONCILE_S = 10.0
-# Market/IOC orders found on recovery wait this long for the feeds' first heartbeat before being judged.
-STARTUP_GRACE_S = 2.0
+# Market/IOC orders found on recovery wait (at most this long) for every feed's first heartbeat before being
+# judged, so that a matcher that just started does not reject them for want of a price it simply has not heard.
+STARTUP_GRACE_S = 1.5
 
 
 class Matcher:
@@ -141,7 +142,8 @@ class Matcher:
     async def run_pending(self) -> None:
         if not self.pending:
             return
-        if not self.health.live(now_us()) and time.monotonic() - self.started < STARTUP_GRACE_S:
+        everyone = len(self.health.live(now_us())) == len(EXCHANGES)
+        if not everyone and time.monotonic() - self.started < STARTUP_GRACE_S:
             return
         todo, self.pending = self.pending, []
         for o in todo:
