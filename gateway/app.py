@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import errors
+from gateway import errors, trading
 from gateway.routes import balance, fills, health, orders
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Market data from Binance and OKX, and a paper-trading account.")
     app.state.settings = settings
     errors.install(app)
+    trading.install(app)
     app.include_router(health.router)
     app.include_router(balance.router)
     app.include_router(orders.router)

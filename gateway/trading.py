@@ -11,13 +11,18 @@ turning into a storm of retries.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.errors import ApiError
 from gateway.strict_json import as_object, decimal_field, str_field
@@ -27,6 +32,7 @@ from shared.money import fmt, is_multiple
 from shared.settings import Pair, Settings
 from shared.timeutil import now_us
 
+log = logging.getLogger("gateway.trading")
 TOKEN_RE = r"[A-Za-z0-9_-]{1,64}"
 ORDER_FIELDS = ("token_id", "symbol", "side", "price", "quantity", "type")
 MODIFY_FIELDS = ("price", "quantity")
@@ -59,6 +65,18 @@ class _UserLocks:
 
 
 _locks = _UserLocks()
+
+
+async def _redis_down(_: Request, exc: Exception) -> Response:
+    log.warning("redis unavailable: %s", exc)
+    return Response(orjson.dumps({"detail": "storage temporarily unavailable, try again", "code": "unavailable"}),
+                    status_code=503, media_type="application/json", headers={"Retry-After": "1"})
+
+
+def install(app: FastAPI) -> None:
+    """A Redis outage is a 503, never a 500 with a traceback."""
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
 
 
 def _api(e: LedgerError) -> ApiError:

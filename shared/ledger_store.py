@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
 from shared import ledger, names
@@ -48,11 +49,20 @@ async def transact(r: aioredis.Redis, keys: Sequence[str],
     """Run ``step`` under WATCH ``keys`` until its writes apply. ``step`` reads through the pipeline (immediate
     mode), then either calls ``pipe.multi()`` and queues its writes (returning ``(result, True)``) or returns
     ``(result, False)`` for a no-op. A ``LedgerError`` from ``step`` aborts with nothing written."""
+    reconnects = 0
     for attempt in range(MAX_ATTEMPTS):
         async with r.pipeline(transaction=True) as pipe:
             try:
-                await pipe.watch(*keys)
-                result, write = await step(pipe)
+                try:
+                    await pipe.watch(*keys)
+                    result, write = await step(pipe)
+                except RedisConnectionError:
+                    # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
+                    # (a failure during EXEC itself is not retried: it may have applied).
+                    reconnects += 1
+                    if reconnects > 1:
+                        raise
+                    continue
                 if write:
                     await pipe.execute()
                 return result
