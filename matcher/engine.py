@@ -135,9 +135,12 @@ class Matcher:
             return
         if o.symbol not in self.rules:
             return
+        decide = self._arrival(o.symbol)
         if o.type == "limit":
             self.index.upsert(o)
-        await self.settle(o, self._arrival(o.symbol))
+            if decide(o).outcome == "rest":  # the common case: no round trip to Redis just to learn that
+                return
+        await self.settle(o, decide)
 
     async def run_pending(self) -> None:
         if not self.pending:

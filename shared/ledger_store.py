@@ -72,6 +72,17 @@ async def transact(r: aioredis.Redis, keys: Sequence[str],
     raise Busy()
 
 
+# One round trip for the state a step reads (read-only: no arithmetic happens in Lua).
+_READ = "return {redis.call('GET', KEYS[2]), redis.call('HGETALL', KEYS[1])}"
+
+
+async def _read_state(pipe: Pipeline, user_id: str, token_id: str) -> tuple[Order | None, Account]:
+    raw, flat = await pipe.execute_command("EVAL", _READ, 2, names.balance_key(user_id),
+                                           names.order_key(user_id, token_id))
+    order = None if not raw else Order.from_dict(orjson.loads(raw))
+    return order, Account.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
 async def _read_account(pipe: Pipeline | aioredis.Redis, user_id: str) -> Account:
     return Account.from_hash(await pipe.hgetall(names.balance_key(user_id)))
 
@@ -124,9 +135,10 @@ async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: 
     okey = names.order_key(user_id, token_id)
 
     async def step(pipe: Pipeline) -> tuple[Order, bool]:
-        if await pipe.exists(okey):
+        existing, account = await _read_state(pipe, user_id, token_id)
+        if existing is not None:
             raise LedgerError("duplicate_token_id", f"token_id {token_id!r} was already used", status=409)
-        acct, order, events = ledger.place(await _read_account(pipe, user_id), rules, user_id=user_id,
+        acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
         pipe.multi()
@@ -140,10 +152,10 @@ async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: 
 
 async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int) -> Order:
     async def step(pipe: Pipeline) -> tuple[Order, bool]:
-        order = await _read_order(pipe, user_id, token_id)
+        order, account = await _read_state(pipe, user_id, token_id)
         if order is None:
             raise not_found(token_id)
-        acct, o, events = ledger.cancel(await _read_account(pipe, user_id), order, now_us)
+        acct, o, events = ledger.cancel(account, order, now_us)
         pipe.multi()
         _queue_order(pipe, acct, o)
         _queue_events(pipe, o, events)
@@ -158,12 +170,12 @@ async def modify(r: aioredis.Redis, rules_of: Callable[[str], PairRules], *, use
     """``check(order, new_price, new_quantity)`` may raise to refuse (tick, lot, notional rules)."""
 
     async def step(pipe: Pipeline) -> tuple[Order, bool]:
-        order = await _read_order(pipe, user_id, token_id)
+        order, account = await _read_state(pipe, user_id, token_id)
         if order is None:
             raise not_found(token_id)
         if check is not None and order.is_open and order.price is not None:
             check(order, order.price if price is None else price, order.quantity if quantity is None else quantity)
-        acct, o, events = ledger.modify(await _read_account(pipe, user_id), rules_of(order.symbol), order,
+        acct, o, events = ledger.modify(account, rules_of(order.symbol), order,
                                         price=price, quantity=quantity, now_us=now_us)
         pipe.multi()
         _queue_order(pipe, acct, o)
@@ -188,13 +200,12 @@ async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id
     current order with a ``rest`` decision and nothing written."""
 
     async def step(pipe: Pipeline) -> tuple[Applied | None, bool]:
-        order = await _read_order(pipe, user_id, token_id)
+        order, acct = await _read_state(pipe, user_id, token_id)
         if order is None:
             return None, False
         d = decide(order) if order.is_open else REST
         if d.outcome == "rest":
             return Applied(order, (), d), False
-        acct = await _read_account(pipe, user_id)
         fills: list[Fill] = []
         if d.outcome == "fill":
             acct, o, fills, events = ledger.settle(acct, rules, order, d.legs, d.liquidity, now_us())
