@@ -27,7 +27,6 @@ from tests.trading_helpers import (
 )
 
 pytestmark = pytest.mark.asyncio
-FEES = {"SR_PAIRS__0__MAKER_FEE": "0.001"}  # placeholder, fees are set through a custom settings below
 
 
 def fee_settings(redis_url: str) -> Settings:
