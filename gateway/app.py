@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import errors
-from gateway.routes import health
+from gateway import errors, trading
+from gateway.routes import balance, fills, health, orders
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 
@@ -28,5 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Market data from Binance and OKX, and a paper-trading account.")
     app.state.settings = settings
     errors.install(app)
+    trading.install(app)
     app.include_router(health.router)
+    app.include_router(balance.router)
+    app.include_router(orders.router)
+    app.include_router(fills.router)
     return app

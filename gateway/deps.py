@@ -14,11 +14,11 @@ from shared.settings import Settings
 oauth2 = OAuth2PasswordBearer(tokenUrl="/login", auto_error=False)
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _redis(request: Request) -> aioredis.Redis:
+async def _redis(request: Request) -> aioredis.Redis:
     return request.app.state.redis  # type: ignore[no-any-return]
 
 
@@ -26,7 +26,7 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
 
 
-def _current_user(settings: SettingsDep, token: Annotated[str | None, Depends(oauth2)]) -> str:
+async def _current_user(settings: SettingsDep, token: Annotated[str | None, Depends(oauth2)]) -> str:
     if not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
     try:

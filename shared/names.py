@@ -13,6 +13,16 @@ Keys::
     md:last:bbo:<exchange>:<SYMBOL>   latest bbo message (string, JSON)
     md:last:book:<exchange>:<SYMBOL>  latest book message (string, JSON)
     md:feed:<exchange>                hash: state, last message time, counters
+
+Trading (every key one ledger operation touches carries the user's hash tag ``{u:<id>}``, so one
+WATCH/MULTI transaction stays in one Redis Cluster slot)::
+
+    {u:<id>}:bal             hash: t:<ASSET> total, r:<ASSET> reserved (decimal strings)
+    {u:<id>}:o:<token_id>    string: the order, JSON (never deleted: token_id is unique forever)
+    {u:<id>}:orders          zset: every token_id, score = creation time (us)
+    {u:<id>}:open            zset: open token_ids, score = creation time (us)
+    {u:<id>}:fills           list: the user's fills, JSON, oldest first
+    trading:orders           channel: every order change (JSON order), the matcher's nudge
 """
 
 from __future__ import annotations
@@ -43,3 +53,42 @@ def md_pattern(kind: str = "*", exchange: str = "*", symbol: str = "*") -> str:
 
 def user_events_channel(user_id: str) -> str:
     return f"orders:events:{user_id}"
+
+
+# --- trading -------------------------------------------------------------------------------------
+
+ORDERS_CHANNEL = "trading:orders"
+OPEN_SCAN_PATTERN = "{u:*}:open"
+
+
+def user_tag(user_id: str) -> str:
+    if "{" in user_id or "}" in user_id:
+        raise ValueError("user id must not contain braces")
+    return "{u:" + user_id + "}"
+
+
+def balance_key(user_id: str) -> str:
+    return f"{user_tag(user_id)}:bal"
+
+
+def order_key(user_id: str, token_id: str) -> str:
+    return f"{user_tag(user_id)}:o:{token_id}"
+
+
+def orders_index_key(user_id: str) -> str:
+    return f"{user_tag(user_id)}:orders"
+
+
+def open_orders_key(user_id: str) -> str:
+    return f"{user_tag(user_id)}:open"
+
+
+def fills_key(user_id: str) -> str:
+    return f"{user_tag(user_id)}:fills"
+
+
+def user_from_open_key(key: str) -> str:
+    """``{u:42}:open`` -> ``42``."""
+    if not (key.startswith("{u:") and key.endswith("}:open")):
+        raise ValueError(f"not an open-orders key: {key!r}")
+    return key[3:-6]

@@ -1,0 +1,214 @@
+"""Order benchmark: ``python -m bench.orders [--clients 64] [--seconds 10] [--ticks 300]``.
+
+1. Throughput: one gateway process (``python -m gateway``, a real child process) and one matcher process on an
+   embedded redis-server; ``--clients`` concurrent keep-alive HTTP clients (one user each) POST limit orders that
+   rest (they never cross) for ``--seconds``; prints accepted orders/s and p50/p99 latency.
+2. Tick-to-fill: a resting buy, then a crossing BBO published as an ingestor would (``ts_recv_us`` stamped at
+   publish time); the time until the ``filled`` event arrives on the user's Redis events channel
+   (``orders:events:<user>``; the WebSocket push adds one more hop, measured elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+
+from shared import names, tokens
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.schema import BBO, FeedStatus, encode
+from shared.timeutil import now_us
+
+SECRET = "bench-secret-" + "y" * 40
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Http:
+    """A minimal HTTP/1.1 keep-alive client, so the client side costs little next to the server."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, token: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode().partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+        data = await self.reader.readexactly(length)
+        return int(status_line.split()[1]), data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
+
+
+def spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+async def wait_port(port: int, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+async def heartbeat(r: aioredis.Redis, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        for ex in ("binance", "okx"):
+            await r.publish(names.status_channel(ex), encode(FeedStatus(ex, "up", "bench", now_us())))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+
+
+async def bbo(r: aioredis.Redis, bid: str, ask: str) -> int:
+    t = now_us()
+    raw = encode(BBO("okx", "BTCUSDT", Decimal(bid), Decimal(1), Decimal(ask), Decimal(1), 1, t, t))
+    await r.set(names.md_last_key("bbo", "okx", "BTCUSDT"), raw)
+    await r.publish(names.md_channel("bbo", "okx", "BTCUSDT"), raw)
+    return t
+
+
+async def throughput(port: int, clients: int, seconds: float) -> None:
+    users = [f"bench{i}" for i in range(clients)]
+    toks = [tokens.issue(u, SECRET, 3600) for u in users]
+    conns = [Http(port) for _ in users]
+    for c, t in zip(conns, toks, strict=True):
+        st, body = await c.request("POST", "/deposit", t, b'{"asset":"USDT","amount":1000000000}')
+        assert st == 200, body
+    lat: list[float] = []
+    accepted = rejected = 0
+    deadline = time.monotonic() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal accepted, rejected
+        n = 0
+        while time.monotonic() < deadline:
+            body = orjson.dumps({"token_id": f"o{n}", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00",
+                                 "quantity": "0.001"})
+            t0 = time.perf_counter()
+            st, _ = await conns[i].request("POST", "/orders", toks[i], body)
+            lat.append((time.perf_counter() - t0) * 1000)
+            if st == 201:
+                accepted += 1
+            else:
+                rejected += 1
+            n += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client(i) for i in range(clients)])
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        await c.close()
+    print(f"orders: {clients} clients, {elapsed:.1f}s: {accepted} accepted, {rejected} rejected, "
+          f"{accepted / elapsed:,.0f} accepted orders/s; latency p50 {pct(lat, 50):.1f} ms, "
+          f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+
+
+async def tick_to_fill(port: int, r: aioredis.Redis, ticks: int) -> None:
+    user = "bench-ticker"
+    tok = tokens.issue(user, SECRET, 3600)
+    http = Http(port)
+    await http.request("POST", "/deposit", tok, b'{"asset":"USDT","amount":100000000}')
+    ps = r.pubsub()
+    await ps.subscribe(names.user_events_channel(user))
+    lat: list[float] = []
+    try:
+        for i in range(ticks):
+            await bbo(r, "49000", "51000")
+            st, body = await http.request("POST", "/orders", tok, orjson.dumps(
+                {"token_id": f"t{i}", "symbol": "BTCUSDT", "side": "buy", "price": "50000", "quantity": "0.001"}))
+            assert st == 201, body
+            await asyncio.sleep(0.005)  # let the matcher index it as resting
+            sent = await bbo(r, "49000", "49999.99")
+            deadline = time.monotonic() + 2.0
+            while True:
+                m = await ps.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if m is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no fill event for t{i}")
+                    continue
+                ev = orjson.loads(m["data"])
+                if ev["event"] == "filled" and ev["order"]["token_id"] == f"t{i}":
+                    lat.append((now_us() - sent) / 1000)
+                    break
+    finally:
+        await ps.aclose()
+        await http.close()
+    print(f"tick-to-fill-event (crossing BBO published -> 'filled' on the Redis events channel), {len(lat)} ticks: "
+          f"p50 {pct(lat, 50):.2f} ms, p99 {pct(lat, 99):.2f} ms, max {max(lat):.2f} ms, "
+          f"mean {statistics.fmean(lat):.2f} ms")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--ticks", type=int, default=300)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = EmbeddedRedis(tmp).start()
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
+        procs = [spawn("gateway", env)] + ([] if os.environ.get("BENCH_NO_MATCHER") else [spawn("matcher", env)])
+        r = aioredis.Redis.from_url(srv.url)
+        stop = asyncio.Event()
+        hb = asyncio.create_task(heartbeat(r, stop))
+        try:
+            await wait_port(port)
+            await asyncio.sleep(0.5)
+            await throughput(port, args.clients, args.seconds)
+            await tick_to_fill(port, r, args.ticks)
+        finally:
+            stop.set()
+            await hb
+            await r.aclose()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            srv.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

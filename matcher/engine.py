@@ -1,0 +1,260 @@
+"""The matcher process: watches the live best touch of every pair and settles paper orders in Redis.
+
+Start-up (and again after any lost Redis connection): subscribe first (market data, feed status, the
+``trading:orders`` nudge channel), then load the latest market snapshots and scan every user's open
+orders, so an order placed while the matcher was down or reconnecting is never missed. A periodic
+rescan repairs anything a lost pub/sub message could have left out. Every settlement is decided again
+inside its own Redis transaction (``shared.ledger_store.execute``), so a stale index entry, a second
+matcher or a restart in the middle can never apply a fill twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from matcher.index import OpenOrderIndex
+from shared import ledger_store, names
+from shared.best_touch import Touch, best_touch
+from shared.feed_health import FeedHealth
+from shared.ledger import LedgerError, Order, PairRules
+from shared.matching import REST, Decision, decide_arrival, decide_resting, views_for
+from shared.redis_conn import connect
+from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
+from shared.settings import EXCHANGES, Settings
+from shared.timeutil import now_us
+
+log = logging.getLogger("matcher")
+
+RECONCILE_S = 10.0
+# Market/IOC orders found on recovery wait (at most this long) for every feed's first heartbeat before being
+# judged, so that a matcher that just started does not reject them for want of a price it simply has not heard.
+STARTUP_GRACE_S = 1.5
+
+
+class Matcher:
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.r = redis
+        self.index = OpenOrderIndex()
+        self.health = FeedHealth(settings.feeds.stale_after_s)
+        self.bbos: dict[tuple[str, str], BBO] = {}
+        self.books: dict[tuple[str, str], Book] = {}
+        self.rules = {p.symbol: PairRules.of(p) for p in settings.pairs}
+        self.lots = {p.symbol: p.lot_step for p in settings.pairs}
+        self.pending: list[Order] = []  # recovered market/IOC orders waiting for the feeds
+        self.started = time.monotonic()
+        self.resync = False
+        self.fills = 0
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def touch(self, symbol: str) -> Touch:
+        quotes = [q for (ex, sym), q in self.bbos.items() if sym == symbol]
+        return best_touch(symbol, quotes, self.health.live(now_us()))
+
+    async def load_snapshots(self) -> None:
+        keys: list[tuple[str, str, str]] = [(kind, ex, sym) for kind in ("bbo", "book") for ex in EXCHANGES
+                                            for sym in self.settings.symbols]
+        raws = await self.r.mget([names.md_last_key(*k) for k in keys])
+        for raw in raws:
+            if raw is not None:
+                self._on_md(raw, check=False)
+        for ex in EXCHANGES:
+            # Best effort: the ingestors' status hash, if it says "up" with a recent time; else wait for a heartbeat.
+            st = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                  for k, v in (await self.r.hgetall(names.status_key(ex))).items()}
+            ts = st.get("ts_us")
+            if st.get("state") == "up" and ts and ts.isdigit():
+                self.health.update(FeedStatus(ex, "up", "snapshot", int(ts)), int(ts))
+
+    async def recover(self) -> None:
+        """Rebuild the index from Redis (the source of truth)."""
+        orders = await ledger_store.scan_open_orders(self.r)
+        self.index.clear()
+        for o in orders:
+            if o.type == "limit":
+                self.index.upsert(o)
+            elif all((p.user_id, p.token_id) != (o.user_id, o.token_id) for p in self.pending):
+                self.pending.append(o)
+        log.info("recovered %d open orders (%d market/ioc pending)", len(orders), len(self.pending))
+
+    # --- settlement ----------------------------------------------------------------------------
+
+    async def settle(self, order: Order, decide: Any) -> None:
+        rules = self.rules.get(order.symbol)
+        if rules is None:
+            log.error("order %s/%s has unknown symbol %s", order.user_id, order.token_id, order.symbol)
+            self.index.remove((order.user_id, order.token_id))
+            return
+        try:
+            applied = await ledger_store.execute(self.r, rules, user_id=order.user_id, token_id=order.token_id,
+                                                 decide=decide, now_us=now_us)
+        except LedgerError as e:
+            log.error("settling %s/%s refused: %s", order.user_id, order.token_id, e.detail)
+            return
+        key = (order.user_id, order.token_id)
+        if applied is None:
+            self.index.remove(key)
+            return
+        self.index.upsert(applied.order)
+        if applied.decision.outcome == "fill":
+            self.fills += 1
+
+    def _arrival(self, symbol: str) -> Any:
+        def decide(o: Order) -> Decision:
+            touch = self.touch(symbol)
+            return decide_arrival(o, touch, views_for(symbol, touch.live, self.bbos, self.books), self.lots[symbol])
+        return decide
+
+    def _resting(self, symbol: str) -> Any:
+        def decide(o: Order) -> Decision:
+            return decide_resting(o, self.touch(symbol)) if o.type == "limit" else REST
+        return decide
+
+    async def match_symbol(self, symbol: str) -> None:
+        touch = self.touch(symbol)
+        for o in self.index.crossing(symbol, touch):
+            await self.settle(o, self._resting(symbol))
+
+    async def on_order(self, o: Order) -> None:
+        key = (o.user_id, o.token_id)
+        known = self.index.get(key)
+        if known is not None and known.version >= o.version:
+            return
+        if not o.is_open:
+            self.index.remove(key)
+            return
+        if o.symbol not in self.rules:
+            return
+        decide = self._arrival(o.symbol)
+        if o.type == "limit":
+            self.index.upsert(o)
+            if decide(o).outcome == "rest":  # the common case: no round trip to Redis just to learn that
+                return
+        await self.settle(o, decide)
+
+    async def run_pending(self) -> None:
+        if not self.pending:
+            return
+        everyone = len(self.health.live(now_us())) == len(EXCHANGES)
+        if not everyone and time.monotonic() - self.started < STARTUP_GRACE_S:
+            return
+        todo, self.pending = self.pending, []
+        for o in todo:
+            await self.settle(o, self._arrival(o.symbol))
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def _on_md(self, raw: bytes, *, check: bool = True) -> str | None:
+        """Apply a market data message; returns the symbol to re-check, if any."""
+        try:
+            msg = decode(raw)
+        except SchemaError as e:
+            log.warning("bad market data message: %s", e)
+            return None
+        if isinstance(msg, BBO):
+            self.bbos[(msg.exchange, msg.symbol)] = msg
+            return msg.symbol
+        if isinstance(msg, Book):
+            self.books[(msg.exchange, msg.symbol)] = msg
+            return None
+        if isinstance(msg, FeedStatus):
+            was = self.health.is_live(msg.exchange, now_us())
+            self.health.update(msg, now_us())
+            if self.health.is_live(msg.exchange, now_us()) != was:
+                return "*"
+        return None
+
+    async def handle(self, channel: str, data: bytes) -> None:
+        if channel == names.ORDERS_CHANNEL:
+            try:
+                o = Order.from_dict(orjson.loads(data))
+            except (ValueError, KeyError, TypeError, ArithmeticError) as e:
+                log.warning("bad order nudge: %r", e)
+                return
+            await self.on_order(o)
+            return
+        sym = self._on_md(data)
+        if sym == "*":
+            await self.run_pending()
+            for s in self.index.symbols():
+                await self.match_symbol(s)
+        elif sym is not None:
+            await self.match_symbol(sym)
+
+    def _on_reconnect(self, _conn: Any) -> None:
+        self.resync = True
+
+    async def run(self, stop: asyncio.Event, reconcile_s: float) -> None:
+        pubsub = self.r.pubsub()
+        try:
+            await pubsub.psubscribe(names.md_pattern("bbo"), names.md_pattern("book"), names.status_channel("*"))
+            await pubsub.subscribe(names.ORDERS_CHANNEL)
+            assert pubsub.connection is not None
+            pubsub.connection.register_connect_callback(self._on_reconnect)
+            await self.load_snapshots()
+            await self.recover()
+            for s in self.index.symbols():
+                await self.match_symbol(s)
+            log.info("matcher ready: %d resting orders", len(self.index))
+            next_reconcile = time.monotonic() + reconcile_s
+            while not stop.is_set():
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                if self.resync:  # pub/sub reconnected under us: messages may have been lost
+                    self.resync = False
+                    await self.load_snapshots()
+                    await self.recover()
+                if msg is not None and msg["type"] in ("message", "pmessage"):
+                    ch = msg["channel"]
+                    await self.handle(ch.decode() if isinstance(ch, bytes) else ch, msg["data"])
+                await self.run_pending()
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + reconcile_s
+                    await self.recover()
+                    await self.run_pending()
+                    for s in self.index.symbols():
+                        await self.match_symbol(s)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str | None = None,
+                      reconcile_s: float = RECONCILE_S, ready: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set; reconnects (and rebuilds everything from Redis) after a lost connection."""
+    backoff = 0.2
+    while not stop.is_set():
+        r = connect(redis_url or settings.redis.url)
+        m = Matcher(settings, r)
+        try:
+            if ready is not None:
+                _signal_ready(m, ready)
+            await m.run(stop, reconcile_s)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            log.warning("redis connection lost (%s); reconnecting in %.1fs", e, backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 5.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await r.aclose()
+
+
+def _signal_ready(m: Matcher, ready: asyncio.Event) -> None:
+    # The index is rebuilt inside run(); tests wait on ready after recovery via a wrapped recover().
+    orig = m.recover
+
+    async def recover_then_signal() -> None:
+        await orig()
+        ready.set()
+
+    m.recover = recover_then_signal  # type: ignore[method-assign]

@@ -1,0 +1,289 @@
+"""The ledger's Redis shell: read -> pure ``shared.ledger`` computes -> write, atomically and exactly.
+
+Lua cannot do exact decimal arithmetic, so every operation is an optimistic transaction: WATCH the user's
+balance hash and the order key, read them, let the pure core compute the new state, then write it all in
+one MULTI/EXEC (order, balances, indexes, fills, and the PUBLISH of the events, which EXEC delivers only if
+the transaction applied). If another client changed a watched key in between, EXEC fails and the whole
+step is recomputed from fresh state. Every key carries the user's hash tag, so a transaction stays in one
+Redis Cluster slot; the PUBLISHes name channels, not keys.
+
+Exactly-once fills follow: settlement re-reads the order inside the transaction and does nothing unless it
+is still open at the version the decision was made on, so a restarted or second matcher cannot apply a
+fill twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import WatchError
+
+from shared import ledger, names
+from shared.ledger import Account, Fill, LedgerError, Order, PairRules
+from shared.matching import REST, Decision
+
+MAX_ATTEMPTS = 200
+T = TypeVar("T")
+
+
+class Busy(LedgerError):
+    def __init__(self) -> None:
+        super().__init__("busy", "the account is busy, try again", status=503)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+async def transact(r: aioredis.Redis, keys: Sequence[str],
+                   step: Callable[[Pipeline], Awaitable[tuple[T, bool]]]) -> T:
+    """Run ``step`` under WATCH ``keys`` until its writes apply. ``step`` reads through the pipeline (immediate
+    mode), then either calls ``pipe.multi()`` and queues its writes (returning ``(result, True)``) or returns
+    ``(result, False)`` for a no-op. A ``LedgerError`` from ``step`` aborts with nothing written."""
+    reconnects = 0
+    for attempt in range(MAX_ATTEMPTS):
+        async with r.pipeline(transaction=True) as pipe:
+            try:
+                try:
+                    await pipe.watch(*keys)
+                    result, write = await step(pipe)
+                except RedisConnectionError:
+                    # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
+                    # (a failure during EXEC itself is not retried: it may have applied).
+                    reconnects += 1
+                    if reconnects > 1:
+                        raise
+                    continue
+                if write:
+                    await pipe.execute()
+                return result
+            except WatchError:
+                pass
+        await asyncio.sleep(random.uniform(0, min(0.02, 0.0002 * 2 ** min(attempt, 10))))
+    raise Busy()
+
+
+# One round trip for the state a step reads (read-only: no arithmetic happens in Lua).
+_READ = "return {redis.call('GET', KEYS[2]), redis.call('HGETALL', KEYS[1])}"
+
+
+async def _read_state(pipe: Pipeline, user_id: str, token_id: str) -> tuple[Order | None, Account]:
+    raw, flat = await pipe.execute_command("EVAL", _READ, 2, names.balance_key(user_id),
+                                           names.order_key(user_id, token_id))
+    order = None if not raw else Order.from_dict(orjson.loads(raw))
+    return order, Account.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+async def _read_account(pipe: Pipeline | aioredis.Redis, user_id: str) -> Account:
+    return Account.from_hash(await pipe.hgetall(names.balance_key(user_id)))
+
+
+async def _read_order(pipe: Pipeline | aioredis.Redis, user_id: str, token_id: str) -> Order | None:
+    raw = await pipe.get(names.order_key(user_id, token_id))
+    return None if raw is None else Order.from_dict(orjson.loads(raw))
+
+
+def _queue_events(pipe: Pipeline, order: Order, events: list[ledger.Event]) -> None:
+    for ev in events:
+        pipe.publish(names.user_events_channel(order.user_id), orjson.dumps(ev))
+    pipe.publish(names.ORDERS_CHANNEL, orjson.dumps(order.to_dict()))
+
+
+def _queue_order(pipe: Pipeline, acct: Account, order: Order) -> None:
+    pipe.set(names.order_key(order.user_id, order.token_id), orjson.dumps(order.to_dict()))
+    bal = acct.to_hash()
+    if bal:
+        pipe.hset(names.balance_key(order.user_id), mapping=bal)  # type: ignore[arg-type]
+    if order.is_open:
+        pipe.zadd(names.open_orders_key(order.user_id), {order.token_id: order.created_us})
+    else:
+        pipe.zrem(names.open_orders_key(order.user_id), order.token_id)
+
+
+def not_found(token_id: str) -> LedgerError:
+    return LedgerError("order_not_found", f"no order {token_id!r}", status=404)
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+async def deposit(r: aioredis.Redis, user_id: str, asset: str, amount: Decimal, *,
+                  max_total: Decimal | None = None) -> Account:
+    key = names.balance_key(user_id)
+
+    async def step(pipe: Pipeline) -> tuple[Account, bool]:
+        acct = ledger.deposit(await _read_account(pipe, user_id), asset, amount)
+        if max_total is not None and acct.get(asset).total > max_total:
+            raise LedgerError("amount_too_large", f"{asset} balance would exceed {max_total}", status=422)
+        pipe.multi()
+        pipe.hset(key, mapping=acct.to_hash())  # type: ignore[arg-type]
+        return acct, True
+
+    return await transact(r, [key], step)
+
+
+async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: str, side: ledger.Side,
+                type_: ledger.OrderType, price: Decimal | None, quantity: Decimal, now_us: int) -> Order:
+    okey = names.order_key(user_id, token_id)
+
+    async def step(pipe: Pipeline) -> tuple[Order, bool]:
+        existing, account = await _read_state(pipe, user_id, token_id)
+        if existing is not None:
+            raise LedgerError("duplicate_token_id", f"token_id {token_id!r} was already used", status=409)
+        acct, order, events = ledger.place(account, rules, user_id=user_id,
+                                           token_id=token_id, side=side, type_=type_, price=price,
+                                           quantity=quantity, now_us=now_us)
+        pipe.multi()
+        _queue_order(pipe, acct, order)
+        pipe.zadd(names.orders_index_key(user_id), {token_id: now_us})
+        _queue_events(pipe, order, events)
+        return order, True
+
+    return await transact(r, [names.balance_key(user_id), okey], step)
+
+
+async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int) -> Order:
+    async def step(pipe: Pipeline) -> tuple[Order, bool]:
+        order, account = await _read_state(pipe, user_id, token_id)
+        if order is None:
+            raise not_found(token_id)
+        acct, o, events = ledger.cancel(account, order, now_us)
+        pipe.multi()
+        _queue_order(pipe, acct, o)
+        _queue_events(pipe, o, events)
+        return o, True
+
+    return await transact(r, [names.balance_key(user_id), names.order_key(user_id, token_id)], step)
+
+
+async def modify(r: aioredis.Redis, rules_of: Callable[[str], PairRules], *, user_id: str, token_id: str,
+                 price: Decimal | None, quantity: Decimal | None, now_us: int,
+                 check: Callable[[Order, Decimal, Decimal], None] | None = None) -> Order:
+    """``check(order, new_price, new_quantity)`` may raise to refuse (tick, lot, notional rules)."""
+
+    async def step(pipe: Pipeline) -> tuple[Order, bool]:
+        order, account = await _read_state(pipe, user_id, token_id)
+        if order is None:
+            raise not_found(token_id)
+        if check is not None and order.is_open and order.price is not None:
+            check(order, order.price if price is None else price, order.quantity if quantity is None else quantity)
+        acct, o, events = ledger.modify(account, rules_of(order.symbol), order,
+                                        price=price, quantity=quantity, now_us=now_us)
+        pipe.multi()
+        _queue_order(pipe, acct, o)
+        _queue_events(pipe, o, events)
+        return o, True
+
+    return await transact(r, [names.balance_key(user_id), names.order_key(user_id, token_id)], step)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    order: Order
+    fills: tuple[Fill, ...]
+    decision: Decision
+
+
+async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: str,
+                  decide: Callable[[Order], Decision], now_us: Callable[[], int]) -> Applied | None:
+    """The matcher's settlement: re-read the order inside the transaction, decide on *that* state, apply once.
+
+    Returns None when the order does not exist; when it is closed or the decision is to keep resting, the
+    current order with a ``rest`` decision and nothing written."""
+
+    async def step(pipe: Pipeline) -> tuple[Applied | None, bool]:
+        order, acct = await _read_state(pipe, user_id, token_id)
+        if order is None:
+            return None, False
+        d = decide(order) if order.is_open else REST
+        if d.outcome == "rest":
+            return Applied(order, (), d), False
+        fills: list[Fill] = []
+        if d.outcome == "fill":
+            acct, o, fills, events = ledger.settle(acct, rules, order, d.legs, d.liquidity, now_us())
+        elif d.outcome == "expire":
+            acct, o, events = ledger.expire(acct, order, now_us(), d.reason)
+        else:
+            acct, o, events = ledger.reject(acct, order, now_us(), d.reason)
+        pipe.multi()
+        _queue_order(pipe, acct, o)
+        if fills:
+            pipe.rpush(names.fills_key(user_id), *[orjson.dumps(f.to_dict()) for f in fills])
+        _queue_events(pipe, o, events)
+        return Applied(o, tuple(fills), d), True
+
+    return await transact(r, [names.balance_key(user_id), names.order_key(user_id, token_id)], step)
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+async def get_account(r: aioredis.Redis, user_id: str) -> Account:
+    return await _read_account(r, user_id)
+
+
+async def get_order(r: aioredis.Redis, user_id: str, token_id: str) -> Order | None:
+    return await _read_order(r, user_id, token_id)
+
+
+async def _orders_by_tokens(r: aioredis.Redis, user_id: str, tokens: Sequence[Any]) -> list[Order]:
+    if not tokens:
+        return []
+    raws = await r.mget([names.order_key(user_id, _s(t)) for t in tokens])
+    return [Order.from_dict(orjson.loads(x)) for x in raws if x is not None]
+
+
+async def list_orders(r: aioredis.Redis, user_id: str, *, status: str | None, limit: int, offset: int,
+                      ) -> tuple[list[Order], int]:
+    """Newest first. ``open`` reads the open index; other statuses filter the full index page by page."""
+    if status is None or status == "open":
+        key = names.orders_index_key(user_id) if status is None else names.open_orders_key(user_id)
+        total = await r.zcard(key)
+        tokens = await r.zrevrange(key, offset, offset + limit - 1)
+        return await _orders_by_tokens(r, user_id, tokens), int(total)
+    key = names.orders_index_key(user_id)
+    out: list[Order] = []
+    matched = 0
+    start, page = 0, 500
+    while True:
+        tokens = await r.zrevrange(key, start, start + page - 1)
+        if not tokens:
+            break
+        for o in await _orders_by_tokens(r, user_id, tokens):
+            if o.status == status:
+                if offset <= matched < offset + limit:
+                    out.append(o)
+                matched += 1
+        start += page
+    return out, matched
+
+
+async def list_fills(r: aioredis.Redis, user_id: str, *, limit: int, offset: int) -> tuple[list[Fill], int]:
+    """Newest first."""
+    key = names.fills_key(user_id)
+    total = int(await r.llen(key))
+    hi = total - 1 - offset
+    if hi < 0:
+        return [], total
+    lo = max(0, hi - limit + 1)
+    raws = await r.lrange(key, lo, hi)
+    return [Fill.from_dict(orjson.loads(x)) for x in reversed(raws)], total
+
+
+async def open_orders(r: aioredis.Redis, user_id: str) -> list[Order]:
+    return await _orders_by_tokens(r, user_id, await r.zrange(names.open_orders_key(user_id), 0, -1))
+
+
+async def scan_open_orders(r: aioredis.Redis) -> list[Order]:
+    """Every open order of every user (the matcher's recovery)."""
+    out: list[Order] = []
+    async for key in r.scan_iter(match=names.OPEN_SCAN_PATTERN, count=500):
+        out.extend(await open_orders(r, names.user_from_open_key(_s(key))))
+    return out
