@@ -8,25 +8,59 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import errors
-from gateway.routes import health
+from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
+from gateway.middleware import BodyLimitMiddleware
+from gateway.routes import auth, health, info
+from gateway.schemas import JsonRoute
+from shared import tokens
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 
 
+class GatewayConfigError(RuntimeError):
+    pass
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse to start on settings the gateway cannot run safely with."""
+    try:
+        tokens.check_secret(settings.auth.jwt_secret)
+    except tokens.TokenError:
+        raise GatewayConfigError(
+            f"JWT secret missing or shorter than {tokens.MIN_SECRET_BYTES} bytes: set JWT_SECRET (or "
+            f"SR_AUTH__JWT_SECRET / [auth] jwt_secret) to a random string, e.g. "
+            f"`python -c 'import secrets; print(secrets.token_urlsafe(48))'`; `make run` generates one"
+        ) from None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_settings(settings)
+    auth_cfg = settings.auth
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = connect(settings.redis.url)
+        app.state.users = UserStore(app.state.redis)
+        app.state.login_limiter = LoginLimiter(app.state.redis, auth_cfg.login_failures_per_user,
+                                               auth_cfg.login_failures_per_ip, auth_cfg.login_failure_window_s)
+        app.state.hasher = PasswordHasher(auth_cfg.bcrypt_rounds, auth_cfg.max_concurrent_hashes,
+                                          auth_cfg.max_waiting_hashes)
+        await app.state.hasher.start()
         try:
             yield
         finally:
             await app.state.redis.aclose()
 
     app = FastAPI(title="Simple Router", version="0.1.0", lifespan=lifespan,
-                  description="Market data from Binance and OKX, and a paper-trading account.")
+                  description="Market data from Binance and OKX, and a paper-trading account. Every error is "
+                              '`{"detail": "...", "code": "..."}`.',
+                  responses={500: {"model": errors.ErrorOut, "description": "Internal error"}})
+    app.router.route_class = JsonRoute
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(info.router)
     return app

@@ -13,6 +13,15 @@ Keys::
     md:last:bbo:<exchange>:<SYMBOL>   latest bbo message (string, JSON)
     md:last:book:<exchange>:<SYMBOL>  latest book message (string, JSON)
     md:feed:<exchange>                hash: state, last message time, counters
+
+Users (gateway accounts)::
+
+    user:{<user_id>}                  hash: id, username, pw_hash (bcrypt), created_us
+    user:byname:<username lowercased> string: the user id (SET NX: one owner per name, case-insensitive)
+    auth:fail:user:<username lowercased>  counter of failed logins, expires with the window
+    auth:fail:ip:<client ip>          counter of failed logins, expires with the window
+
+``{<user_id>}`` is a Redis Cluster hash tag: every per-user key carries it so one user's keys share a slot.
 """
 
 from __future__ import annotations
@@ -43,3 +52,27 @@ def md_pattern(kind: str = "*", exchange: str = "*", symbol: str = "*") -> str:
 
 def user_events_channel(user_id: str) -> str:
     return f"orders:events:{user_id}"
+
+
+# --- users -------------------------------------------------------------------------------------------
+
+
+def user_tag(user_id: str) -> str:
+    """Hash tag of everything one user owns (Redis Cluster keeps keys with one tag in one slot)."""
+    return "{" + user_id + "}"
+
+
+def user_key(user_id: str) -> str:
+    return f"user:{user_tag(user_id)}"
+
+
+def username_key(username: str) -> str:
+    return f"user:byname:{username.lower()}"
+
+
+def login_fail_user_key(username: str) -> str:
+    return f"auth:fail:user:{username.lower()}"
+
+
+def login_fail_ip_key(ip: str) -> str:
+    return f"auth:fail:ip:{ip}"
