@@ -2,8 +2,10 @@
 
 ``BodyLimitMiddleware`` reads the whole body first (it is small by construction) and answers itself:
 
-- 413 ``payload_too_large`` when ``Content-Length`` announces more than the limit (nothing is read), or
-  when a body without it (chunked) grows past the limit;
+- 413 ``payload_too_large`` when ``Content-Length`` announces more than the limit, or when a body without
+  it (chunked) grows past the limit. Up to ``DRAIN_BYTES`` of the excess is read and dropped first (for at
+  most ``DRAIN_S``) so that an ordinary client still reads the 413 instead of a reset connection; beyond
+  that the answer comes at once and the connection is closed;
 - 400 ``invalid_json`` when a JSON body (``application/json`` or ``+json``) is not strict JSON
   (``gateway.strict_json``: malformed, NaN/Infinity, nested too deeply, not UTF-8).
 
@@ -13,6 +15,9 @@ the raw bytes are replayed to the application unchanged. WebSocket and lifespan 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +26,8 @@ from gateway.errors import error_body
 from gateway.schemas import SCOPE_JSON_KEY, is_json_content_type
 
 DEFAULT_MAX_BODY = 64 * 1024
+DRAIN_BYTES = 1024 * 1024
+DRAIN_S = 2.0
 
 
 async def _reply(send: Send, status: int, code: str, detail: str) -> None:
@@ -31,6 +38,19 @@ async def _reply(send: Send, status: int, code: str, detail: str) -> None:
         (b"connection", b"close"),
     ]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop the rest of a body, within ``budget`` bytes and ``DRAIN_S`` seconds."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            while budget > 0:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
 
 class BodyLimitMiddleware:
@@ -54,6 +74,8 @@ class BodyLimitMiddleware:
                     await _reply(send, 400, "bad_request", "invalid Content-Length")
                     return
                 if announced > self.max_bytes:
+                    if announced <= self.max_bytes + DRAIN_BYTES:
+                        await _drain(receive, announced)
                     await _reply(send, 413, "payload_too_large", too_big)
                     return
             elif name == b"content-type":
@@ -68,6 +90,8 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await _drain(receive, DRAIN_BYTES)
                 await _reply(send, 413, "payload_too_large", too_big)
                 return
             if chunk:
