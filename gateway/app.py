@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -44,8 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.users = UserStore(app.state.redis)
         app.state.login_limiter = LoginLimiter(app.state.redis, auth_cfg.login_failures_per_user,
                                                auth_cfg.login_failures_per_ip, auth_cfg.login_failure_window_s)
-        app.state.hasher = PasswordHasher(auth_cfg.bcrypt_rounds, auth_cfg.max_concurrent_hashes,
-                                          auth_cfg.max_waiting_hashes)
+        # One core stays free for the event loop: hashes queue rather than starve market data.
+        hashes = auth_cfg.max_concurrent_hashes or max(1, (os.cpu_count() or 2) - 1)
+        app.state.hasher = PasswordHasher(auth_cfg.bcrypt_rounds, hashes, auth_cfg.max_waiting_hashes)
         await app.state.hasher.start()
         try:
             yield

@@ -73,9 +73,9 @@ class LoginForm(StrictModel):
 
 
 class TokenOut(OutModel):
-    access_token: str
+    access_token: str = Field(examples=["eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIzZjJjIn0.c2lnbmF0dXJl"])
     token_type: Literal["bearer"] = "bearer"
-    expires_in: int = Field(description="seconds until the token expires")
+    expires_in: int = Field(description="seconds until the token expires", examples=[86400])
 
 
 class UserOut(OutModel):
