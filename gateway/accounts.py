@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -21,6 +23,7 @@ import redis.asyncio as aioredis
 from gateway.errors import ApiError
 from shared import names
 
+T = TypeVar("T")
 DUMMY_PASSWORD = b"not-a-password: only keeps unknown users as slow as known ones"
 
 
@@ -42,21 +45,20 @@ class PasswordHasher:
         self._limiter = anyio.CapacityLimiter(self.max_concurrent)
         self._dummy = await self._run(bcrypt.hashpw, DUMMY_PASSWORD, bcrypt.gensalt(self.rounds))
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._limiter is not None, "PasswordHasher.start() not awaited"
         if self._limiter.statistics().tasks_waiting >= self.max_waiting:
             raise ApiError(503, "busy", "too many logins in progress; retry shortly", {"Retry-After": "1"})
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     async def hash(self, password: str) -> bytes:
-        result: bytes = await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
-        return result
+        return await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
 
     async def verify(self, password: str, hashed: bytes | None) -> bool:
         pw = password.encode()
         if len(pw) > 72:  # bcrypt refuses these; registration never accepts them, so they match nothing
             pw, hashed = DUMMY_PASSWORD, None
-        ok: bool = await self._run(bcrypt.checkpw, pw, hashed or self._dummy)
+        ok = await self._run(bcrypt.checkpw, pw, hashed or self._dummy)
         return ok and hashed is not None
 
 
