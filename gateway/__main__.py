@@ -1,10 +1,18 @@
+import sys
+
 import uvicorn
 
+from gateway.app import GatewayConfigError, check_settings
 from shared.logs import setup_logging
 from shared.settings import get_settings
 
 settings = get_settings()
 setup_logging("gateway", settings.log.level)
+try:
+    check_settings(settings)
+except GatewayConfigError as e:
+    print(f"gateway: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 uvicorn.run(
     "gateway.app:create_app",
     factory=True,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import redis.asyncio as aioredis
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
+from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
+from gateway.errors import ApiError
 from shared import tokens
 from shared.settings import Settings
 
@@ -22,17 +24,35 @@ async def _redis(request: Request) -> aioredis.Redis:
     return request.app.state.redis  # type: ignore[no-any-return]
 
 
+def _users(request: Request) -> UserStore:
+    return request.app.state.users  # type: ignore[no-any-return]
+
+
+def _hasher(request: Request) -> PasswordHasher:
+    return request.app.state.hasher  # type: ignore[no-any-return]
+
+
+def _login_limiter(request: Request) -> LoginLimiter:
+    return request.app.state.login_limiter  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
+UsersDep = Annotated[UserStore, Depends(_users)]
+HasherDep = Annotated[PasswordHasher, Depends(_hasher)]
+LoginLimiterDep = Annotated[LoginLimiter, Depends(_login_limiter)]
+
+_BEARER = {"WWW-Authenticate": "Bearer"}
 
 
 async def _current_user(settings: SettingsDep, token: Annotated[str | None, Depends(oauth2)]) -> str:
     if not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not authenticated", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "not_authenticated", "not authenticated: send Authorization: Bearer <token>", _BEARER)
     try:
         return tokens.verify(token, settings.auth.jwt_secret)
     except tokens.TokenError as e:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(e), headers={"WWW-Authenticate": "Bearer"}) from None
+        raise ApiError(401, "invalid_token", str(e), _BEARER) from None
 
 
+# The authenticated user's id (the token's ``sub``); 401 ``not_authenticated``/``invalid_token`` otherwise.
 CurrentUser = Annotated[str, Depends(_current_user)]

@@ -1,103 +1,97 @@
-"""Strict JSON bodies for the trading routes (and the WebSocket actions): the one place numbers are parsed.
+"""Strict JSON for request bodies and WebSocket messages: exact numbers, no surprises.
 
-FastAPI would parse JSON numbers into floats; here numbers become ``Decimal`` with their exact digits,
-``NaN``/``Infinity`` are refused, and anything that is not a flat object with known fields is a 422.
+``loads(data)`` differs from ``json.loads`` in what it refuses and in how it reads numbers:
+
+- numbers with a fraction or exponent become ``Decimal`` with the exact digits sent (``0.1`` stays
+  ``Decimal("0.1")``; ``1e400`` is ``Decimal("1E+400")``, left for the field validators to refuse),
+  integers stay ``int``;
+- ``NaN``, ``Infinity``, ``-Infinity`` (which ``json.loads`` accepts) are refused;
+- nesting deeper than ``MAX_DEPTH`` is refused before parsing (no ``RecursionError``);
+- bytes that are not UTF-8, integers of thousands of digits and lone UTF-16 surrogates
+  (``"\\ud800"``, which cannot be stored or re-encoded) are refused.
+
+Every refusal is a ``BadJson`` whose text is fit for a client.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from fastapi import Request
-
-from gateway.errors import ApiError
-from shared.money import MAX_AMOUNT, BadDecimal, parse_decimal
-
-MAX_BODY_BYTES = 16 * 1024
+MAX_DEPTH = 32
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
+class BadJson(ValueError):
+    pass
 
 
-def loads_strict(raw: bytes | str) -> Any:
-    """JSON with exact numbers; any failure (syntax, NaN, huge integers, deep nesting) is an ``ApiError`` 422."""
-    if isinstance(raw, bytes):
+def _constant(name: str) -> Any:
+    raise BadJson(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of arrays/objects outside strings."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_strings(obj: Any) -> None:
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, str):
+            o.encode("utf-8")  # raises on lone surrogates
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+
+
+def loads(data: bytes | str) -> Any:
+    if isinstance(data, bytes | bytearray | memoryview):
         try:
-            raw = raw.decode("utf-8")
+            text = bytes(data).decode("utf-8")
         except UnicodeDecodeError:
-            raise ApiError(422, "invalid_json", "body is not UTF-8") from None
+            raise BadJson("body is not UTF-8 text") from None
+    else:
+        text = data
+    # Cheap test first: only bracket-heavy documents pay for the depth scan.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise BadJson(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(raw, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants)
+        obj = json.loads(text, parse_float=Decimal, parse_constant=_constant)
+    except BadJson:
+        raise
+    except json.JSONDecodeError as e:
+        raise BadJson(f"invalid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
-        raise ApiError(422, "invalid_json", "body is nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError is a ValueError, so is the NaN refusal
-        raise ApiError(422, "invalid_json", f"body is not valid JSON: {str(e)[:120]}") from None
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise ApiError(413, "body_too_large", f"body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def as_object(value: Any, allowed: Iterable[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ApiError(422, "invalid_body", "body must be a JSON object")
-    unknown = sorted(set(value) - set(allowed))
-    if unknown:
-        raise ApiError(422, "unknown_field", f"unknown field(s): {', '.join(u[:40] for u in unknown[:5])}")
-    return value
-
-
-async def read_object(request: Request, allowed: Iterable[str]) -> dict[str, Any]:
-    return as_object(loads_strict(await read_body(request)), allowed)
-
-
-def decimal_field(obj: Mapping[str, Any], name: str, *, required: bool = True) -> Decimal | None:
-    """A positive, finite, bounded decimal given as a JSON number or a numeric string."""
-    v = obj.get(name)
-    if v is None:
-        if required:
-            raise ApiError(422, "missing_field", f"{name} is required")
-        return None
-    try:
-        if isinstance(v, Decimal):
-            if not v.is_finite():
-                raise BadDecimal(f"{name} must be finite")
-            if abs(v) > MAX_AMOUNT or len(v.as_tuple().digits) > 30:
-                raise BadDecimal(f"{name} is out of range")
-            d = v
-        else:
-            d = parse_decimal(v, field=name)
-    except BadDecimal as e:
-        raise ApiError(422, "invalid_number", str(e)) from None
-    if d <= 0:
-        raise ApiError(422, "invalid_number", f"{name} must be positive")
-    return d
-
-
-def str_field(obj: Mapping[str, Any], name: str, *, pattern: str | None = None, required: bool = True,
-              default: str | None = None) -> str | None:
-    v = obj.get(name)
-    if v is None:
-        if required:
-            raise ApiError(422, "missing_field", f"{name} is required")
-        return default
-    if not isinstance(v, str):
-        raise ApiError(422, "invalid_field", f"{name} must be a string")
-    if pattern is not None and not re.fullmatch(pattern, v):
-        raise ApiError(422, "invalid_field", f"{name} is malformed")
-    return v
+        raise BadJson(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:  # e.g. an integer beyond Python's digit limit
+        raise BadJson(f"invalid JSON: {str(e)[:120]}") from None
+    if "\\u" in text:
+        try:
+            _check_strings(obj)
+        except UnicodeEncodeError:
+            raise BadJson("invalid JSON: lone UTF-16 surrogate in a string") from None
+    return obj

@@ -24,8 +24,8 @@ from fastapi import FastAPI, Request, Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.bodies import as_object, decimal_field, str_field
 from gateway.errors import ApiError
-from gateway.strict_json import as_object, decimal_field, str_field
 from shared import ledger, ledger_store
 from shared.ledger import LedgerError, Order, PairRules
 from shared.money import fmt, is_multiple

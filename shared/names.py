@@ -23,6 +23,15 @@ WATCH/MULTI transaction stays in one Redis Cluster slot)::
     {u:<id>}:open            zset: open token_ids, score = creation time (us)
     {u:<id>}:fills           list: the user's fills, JSON, oldest first
     trading:orders           channel: every order change (JSON order), the matcher's nudge
+
+Users (gateway accounts)::
+
+    user:{u:<user_id>}                hash: id, username, pw_hash (bcrypt), created_us
+    user:byname:<username lowercased> string: the user id (SET NX: one owner per name, case-insensitive)
+    auth:fail:user:<username lowercased>  counter of failed logins, expires with the window
+    auth:fail:ip:<client ip>          counter of failed logins, expires with the window
+
+``{u:<user_id>}`` is a Redis Cluster hash tag: every per-user key carries it so one user's keys share a slot.
 """
 
 from __future__ import annotations
@@ -92,3 +101,22 @@ def user_from_open_key(key: str) -> str:
     if not (key.startswith("{u:") and key.endswith("}:open")):
         raise ValueError(f"not an open-orders key: {key!r}")
     return key[3:-6]
+
+
+# --- users -------------------------------------------------------------------------------------------
+
+
+def user_key(user_id: str) -> str:
+    return f"user:{user_tag(user_id)}"
+
+
+def username_key(username: str) -> str:
+    return f"user:byname:{username.lower()}"
+
+
+def login_fail_user_key(username: str) -> str:
+    return f"auth:fail:user:{username.lower()}"
+
+
+def login_fail_ip_key(ip: str) -> str:
+    return f"auth:fail:ip:{ip}"

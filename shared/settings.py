@@ -110,12 +110,18 @@ class GatewaySettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
 
 
 class AuthSettings(_Strict):
     jwt_secret: str = ""
     token_ttl_s: int = Field(default=86400, ge=60)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    max_concurrent_hashes: int = Field(default=0, ge=0, le=64)  # 0: one less than the CPUs (at least 1)
+    max_waiting_hashes: int = Field(default=256, ge=1)
+    login_failures_per_user: int = Field(default=5, ge=1)
+    login_failures_per_ip: int = Field(default=50, ge=1)
+    login_failure_window_s: int = Field(default=300, ge=1)
 
 
 class FeedSettings(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 
@@ -19,12 +20,14 @@ def make_settings(redis_url: str, **env: str) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def run_gateway(redis_url: str, settings: Settings | None = None, **env: str) -> AsyncIterator[str]:
+async def run_gateway(redis_url: str, settings: Settings | None = None, app: Any = None,
+                      **env: str) -> AsyncIterator[str]:
+    """``app``: an already built application (e.g. with extra test routes) instead of ``create_app``'s."""
     from gateway.app import create_app
 
     settings = settings or make_settings(redis_url, **env)
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+    config = uvicorn.Config(app or create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                             lifespan="on", ws_max_size=64 * 1024)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -55,7 +55,7 @@ async def test_deposit_and_balance(api) -> None:  # type: ignore[no-untyped-def]
     (b'{"asset": "USDT", "amount": -5}', "invalid_number"),
     (b'{"asset": "USDT", "amount": 0.00000001}', "too_precise"),
     (b'{"asset": "USDT", "amount": 1e13}', "amount_too_large"),
-    (b'{"asset": "USDT", "amount": 1' + b"0" * 5000 + b"}", "invalid_number"),
+    (b'{"asset": "USDT", "amount": 1' + b"0" * 5000 + b"}", "invalid_json"),
     (b'{"asset": "FOO", "amount": 1}', "unknown_asset"),
     (b'{"asset": 5, "amount": 1}', "invalid_field"),
     (b'{"amount": 1}', "missing_field"),
@@ -68,7 +68,7 @@ async def test_deposit_and_balance(api) -> None:  # type: ignore[no-untyped-def]
 async def test_deposit_rejections(api, body: bytes, code: str) -> None:  # type: ignore[no-untyped-def]
     c, a, _ = api
     r = await c.send(raw(c, "POST", "/deposit", body, a))
-    assert r.status_code == 422, r.text
+    assert r.status_code == (400 if code == "invalid_json" else 422), r.text
     assert r.json()["code"] == code and r.json()["detail"]
     assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == "0"
 
@@ -158,7 +158,7 @@ async def test_nan_price_and_sell_needs_base(api) -> None:  # type: ignore[no-un
     c, a, _ = api
     r = await c.send(raw(c, "POST", "/orders", b'{"token_id":"x","symbol":"BTCUSDT","side":"buy","price":NaN,'
                                               b'"quantity":1}', a))
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["code"] == "invalid_json"
     r = await c.post("/orders", json=order(side="sell"), headers=a)
     assert r.status_code == 400 and "BTC" in r.json()["detail"]
     # a rejected token_id is not consumed

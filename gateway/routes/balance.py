@@ -3,9 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from gateway import trading
+from gateway.bodies import loads_strict, read_body
 from gateway.deps import CurrentUser, RedisDep, SettingsDep
 from gateway.routes._body import DECIMAL, JsonOut, json_body
-from gateway.strict_json import loads_strict, read_body
 
 router = APIRouter(tags=["account"], default_response_class=JsonOut)
 

@@ -5,9 +5,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from gateway import trading
+from gateway.bodies import loads_strict, read_body
 from gateway.deps import CurrentUser, RedisDep, SettingsDep
 from gateway.routes._body import DECIMAL, JsonOut, json_body
-from gateway.strict_json import loads_strict, read_body
 from shared.ledger import Status
 
 router = APIRouter(tags=["orders"], default_response_class=JsonOut)

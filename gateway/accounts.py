@@ -1,0 +1,157 @@
+"""Accounts: users in Redis, bcrypt off the event loop, and the failed-login limiter.
+
+Keys are built by ``shared.names`` (section "users"). A user is created in two steps so that no reader
+ever sees half a user: the record ``user:{<id>}`` is written first (nothing points to it yet), then the
+name is claimed with ``SET user:byname:<name> <id> NX``. Of any number of racing registrations exactly
+one claim succeeds; the losers delete their unreferenced record and answer 409. A crash between the two
+steps leaves only an unreachable record, never a name without a user.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import bcrypt
+import redis.asyncio as aioredis
+
+from gateway.errors import ApiError
+from shared import names
+
+T = TypeVar("T")
+DUMMY_PASSWORD = b"not-a-password: only keeps unknown users as slow as known ones"
+
+
+class PasswordHasher:
+    """bcrypt in worker threads, at most ``max_concurrent`` at once, so the event loop never waits on it.
+
+    ``verify(password, None)`` checks against a dummy hash of the same cost, so an unknown user costs as
+    much time as a wrong password. Beyond ``max_waiting`` queued hashes, callers get 503 at once.
+    """
+
+    def __init__(self, rounds: int, max_concurrent: int, max_waiting: int) -> None:
+        self.rounds = rounds
+        self.max_concurrent = max_concurrent
+        self.max_waiting = max_waiting
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._dummy = b""
+        self._inflight = 0  # running + queued; counted here because the limiter only sees tasks once they queue
+
+    async def start(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.max_concurrent)
+        self._dummy = await self._run(bcrypt.hashpw, DUMMY_PASSWORD, bcrypt.gensalt(self.rounds))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._limiter is not None, "PasswordHasher.start() not awaited"
+        if self._inflight >= self.max_concurrent + self.max_waiting:
+            raise ApiError(503, "busy", "too many logins in progress; retry shortly", {"Retry-After": "1"})
+        self._inflight += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        finally:
+            self._inflight -= 1
+
+    async def hash(self, password: str) -> bytes:
+        return await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
+
+    async def verify(self, password: str, hashed: bytes | None) -> bool:
+        pw = password.encode()
+        if len(pw) > 72:  # bcrypt refuses these; registration never accepts them, so they match nothing
+            pw, hashed = DUMMY_PASSWORD, None
+        ok = await self._run(bcrypt.checkpw, pw, hashed or self._dummy)
+        return ok and hashed is not None
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    created_us: int
+    pw_hash: bytes
+
+
+def _user(raw: dict[bytes, bytes]) -> User | None:
+    if not raw or b"id" not in raw:
+        return None
+    return User(id=raw[b"id"].decode(), username=raw[b"username"].decode(),
+                created_us=int(raw[b"created_us"]), pw_hash=raw[b"pw_hash"])
+
+
+class UserStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def name_taken(self, username: str) -> bool:
+        return bool(await self.redis.exists(names.username_key(username)))
+
+    async def create(self, username: str, pw_hash: bytes) -> User | None:
+        """The new user, or ``None`` when the name (case-insensitively) is already taken."""
+        user = User(id=uuid.uuid4().hex, username=username, created_us=time.time_ns() // 1000, pw_hash=pw_hash)
+        key = names.user_key(user.id)
+        await self.redis.hset(key, mapping={"id": user.id, "username": user.username,
+                                            "created_us": user.created_us, "pw_hash": user.pw_hash})
+        if await self.redis.set(names.username_key(username), user.id, nx=True):
+            return user
+        await self.redis.delete(key)
+        return None
+
+    async def get(self, user_id: str) -> User | None:
+        return _user(await self.redis.hgetall(names.user_key(user_id)))
+
+    async def by_name(self, username: str) -> User | None:
+        uid = await self.redis.get(names.username_key(username))
+        return await self.get(uid.decode()) if uid else None
+
+
+# INCR with the window's expiry set by the first failure (fixed window; later attempts do not extend it).
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {n, ttl}
+"""
+# Give an attempt back, never creating a key (a DECR on an expired key would leave -1 with no expiry).
+_REFUND = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+
+class LoginLimiter:
+    """Failed logins per username and per client IP, counted in Redis with the window as expiry.
+
+    Every attempt is counted *before* the password is checked, and given back on success, so a burst of
+    concurrent guesses cannot slip past the limit. Past the limit: 429 with ``Retry-After`` until the
+    window (which starts at the first failure) expires. Unknown usernames are counted like known ones.
+    """
+
+    def __init__(self, redis: aioredis.Redis, per_user: int, per_ip: int, window_s: int) -> None:
+        self.redis = redis
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self.window_s = window_s
+        self._count = redis.register_script(_COUNT)
+        self._refund = redis.register_script(_REFUND)
+
+    async def attempt(self, username: str, ip: str) -> None:
+        ukey, ikey = names.login_fail_user_key(username), names.login_fail_ip_key(ip)
+        n_user, ttl_user = await self._count(keys=[ukey], args=[self.window_s])
+        n_ip, ttl_ip = await self._count(keys=[ikey], args=[self.window_s])
+        waits = []
+        if int(n_user) > self.per_user:
+            waits.append(int(ttl_user))
+        if int(n_ip) > self.per_ip:
+            waits.append(int(ttl_ip))
+        if waits:
+            wait = max(1, max(waits))
+            raise ApiError(429, "rate_limited", f"too many failed logins; retry in {wait} s",
+                           {"Retry-After": str(wait)})
+
+    async def succeeded(self, username: str, ip: str) -> None:
+        await self.redis.delete(names.login_fail_user_key(username))
+        await self._refund(keys=[names.login_fail_ip_key(ip)])
