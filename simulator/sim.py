@@ -42,12 +42,14 @@ class Simulator:
         replay: Sequence[str | Path] = (),
         speed: float = 1.0,
         walk: bool | None = None,
+        replay_wait: bool = True,
     ) -> None:
         self.settings = settings or load_settings()
         self.seed = seed
         self.rate = rate
         self.replay_paths = [Path(p) for p in replay]
         self.speed = speed
+        self.replay_wait = replay_wait
         self.walk = (not self.replay_paths) if walk is None else walk
         self.model = MarketModel(pair_specs(self.settings.pairs), seed=seed, rate=rate, start_ms=time.time() * 1000)
         pairs = self.settings.pairs
@@ -142,6 +144,10 @@ class Simulator:
 
     async def _replay(self) -> None:
         try:
+            # Frames sent before anyone listens would be lost: start with the first subscription.
+            while self.replay_wait and not (self.binance.subscriptions() or self.okx.subscriptions()):
+                await asyncio.sleep(0.02)
+            log.info("replay starting (speed %s)", self.speed)
             counts = await asyncio.gather(*(replay_file(p, self.binance, self.okx, self.speed)
                                             for p in self.replay_paths))
             self.replayed_frames = sum(counts)
