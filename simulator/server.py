@@ -77,6 +77,7 @@ class ExchangeServer:
         self._server: Server | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Condition()
+        self.first_subscription = asyncio.Event()
         # Counters for tests.
         self.connection_attempts = 0
         self.connections_total = 0
@@ -219,6 +220,7 @@ class ExchangeServer:
     def subscribe(self, conn: Conn, key: Hashable) -> None:
         conn.subs[key] = None
         self.index[key][conn] = None
+        self.first_subscription.set()
         self._spawn(self._notify())
 
     def unsubscribe(self, conn: Conn, key: Hashable) -> None:

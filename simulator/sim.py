@@ -43,6 +43,7 @@ class Simulator:
         speed: float = 1.0,
         walk: bool | None = None,
         replay_wait: bool = True,
+        replay_autostart: bool = True,
     ) -> None:
         self.settings = settings or load_settings()
         self.seed = seed
@@ -50,6 +51,7 @@ class Simulator:
         self.replay_paths = [Path(p) for p in replay]
         self.speed = speed
         self.replay_wait = replay_wait
+        self.replay_autostart = replay_autostart
         self.walk = (not self.replay_paths) if walk is None else walk
         self.model = MarketModel(pair_specs(self.settings.pairs), seed=seed, rate=rate, start_ms=time.time() * 1000)
         pairs = self.settings.pairs
@@ -89,10 +91,10 @@ class Simulator:
         await self.okx.start()
         if self.walk:
             self._tasks.append(asyncio.create_task(self._drive(), name="sim-walk"))
-        if self.replay_paths:
-            self._tasks.append(asyncio.create_task(self._replay(), name="sim-replay"))
-        else:
+        if not self.replay_paths:
             self.replay_done.set()
+        elif self.replay_autostart:
+            self.start_replay()
         log.info("simulator up: binance %s okx %s (seed %s, rate %s, walk %s, replay %d file(s))",
                  self.binance_url, self.okx_url, self.seed, self.rate, self.walk, len(self.replay_paths))
         return self
@@ -142,11 +144,21 @@ class Simulator:
             wait_ms = min(max(model.next_due() - time.time() * 1000, 1.0), 50.0)
             await asyncio.sleep(wait_ms / 1000)
 
+    def start_replay(self) -> None:
+        """Start replaying the files now (when built with ``replay_autostart=False``)."""
+        self.replay_done.clear()
+        self._tasks.append(asyncio.create_task(self._replay(), name="sim-replay"))
+
     async def _replay(self) -> None:
         try:
             # Frames sent before anyone listens would be lost: start with the first subscription.
-            while self.replay_wait and not (self.binance.subscriptions() or self.okx.subscriptions()):
-                await asyncio.sleep(0.02)
+            if self.replay_wait:
+                waits = [asyncio.ensure_future(s.first_subscription.wait()) for s in (self.binance, self.okx)]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
             log.info("replay starting (speed %s)", self.speed)
             counts = await asyncio.gather(*(replay_file(p, self.binance, self.okx, self.speed)
                                             for p in self.replay_paths))

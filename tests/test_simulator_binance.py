@@ -11,7 +11,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.simtools import collect, recv_json, recv_until, running
+from tests.simtools import collect, recv_until, running
 
 DEC8 = re.compile(r"^\d+\.\d{8}$")
 
