@@ -7,10 +7,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import errors
+from gateway import errors, ws
+from gateway.naive import NaiveMarketData
 from gateway.routes import health
+from gateway.streams import MarketData
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
+
+
+def market_data(settings: Settings) -> MarketData | NaiveMarketData:
+    if settings.ws.fanout == "naive":
+        return NaiveMarketData(settings)
+    return MarketData(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -19,9 +27,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = connect(settings.redis.url)
+        app.state.market = market_data(settings)
+        await app.state.market.start()
         try:
             yield
         finally:
+            await app.state.market.stop()
             await app.state.redis.aclose()
 
     app = FastAPI(title="Simple Router", version="0.1.0", lifespan=lifespan,
@@ -29,4 +40,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(health.router)
+    app.include_router(ws.router)
     return app
