@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import errors, trading
+from gateway import errors, trading, ws
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.middleware import BodyLimitMiddleware
+from gateway.naive import NaiveMarketData
 from gateway.routes import auth, balance, fills, health, info, orders
 from gateway.schemas import JsonRoute
+from gateway.streams import MarketData
 from shared import tokens
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
@@ -34,6 +36,12 @@ def check_settings(settings: Settings) -> None:
         ) from None
 
 
+def market_data(settings: Settings) -> MarketData | NaiveMarketData:
+    if settings.ws.fanout == "naive":
+        return NaiveMarketData(settings)
+    return MarketData(settings)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_settings(settings)
@@ -49,9 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hashes = auth_cfg.max_concurrent_hashes or max(1, (os.cpu_count() or 2) - 1)
         app.state.hasher = PasswordHasher(auth_cfg.bcrypt_rounds, hashes, auth_cfg.max_waiting_hashes)
         await app.state.hasher.start()
+        app.state.market = market_data(settings)
+        await app.state.market.start()
         try:
             yield
         finally:
+            await app.state.market.stop()
             await app.state.redis.aclose()
 
     app = FastAPI(title="Simple Router", version="0.1.0", lifespan=lifespan,
@@ -69,4 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(balance.router)
     app.include_router(orders.router)
     app.include_router(fills.router)
+    app.include_router(ws.router)
     return app

@@ -143,6 +143,20 @@ class OkxSettings(_Strict):
     ping_after_s: float = Field(default=20.0, gt=0, lt=30)
 
 
+class WsSettings(_Strict):
+    """The client WebSocket (``/ws``) and its market-data fan-out."""
+
+    fanout: Literal["hub", "naive"] = "hub"  # "naive" only for the benchmark's comparison
+    auth_timeout_s: float = Field(default=5.0, gt=0)
+    max_subscriptions: int = Field(default=50, ge=1, le=10_000)
+    max_message_bytes: int = Field(default=16384, ge=256)
+    queue_max: int = Field(default=2000, ge=1)  # pending trade frames before a slow client is closed
+    queue_hard_max: int = Field(default=20000, ge=1)  # pending frames of any kind
+    rate_per_s: float = Field(default=100.0, gt=0)  # client messages per second (burst: 2 s worth)
+    kline_history: int = Field(default=300, ge=1, le=100_000)
+    kline_grace_s: float = Field(default=0.25, ge=0, lt=1)
+
+
 class LogSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = False
@@ -155,6 +169,7 @@ class Settings(_Strict):
     feeds: FeedSettings = FeedSettings()
     binance: BinanceSettings = BinanceSettings()
     okx: OkxSettings = OkxSettings()
+    ws: WsSettings = WsSettings()
     log: LogSettings = LogSettings()
     pairs: tuple[Pair, ...] = Field(min_length=1)
 

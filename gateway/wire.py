@@ -1,0 +1,101 @@
+"""Client-facing JSON: pure builders for every pushed message.
+
+Prices and sizes become JSON numbers carrying the exact digits of the ``Decimal`` (``64000.10`` stays
+``64000.10``; never through a float), via ``orjson.Fragment``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from shared.best_touch import Touch
+from shared.klines import Candle
+from shared.schema import Trade
+
+
+def num(d: Decimal | None) -> orjson.Fragment | None:
+    if d is None:
+        return None
+    if not d.is_finite():
+        raise ValueError(f"not a finite number: {d}")
+    s = str(d)
+    if "E" in s:  # str() switches to exponent form for tiny values: spell them out
+        s = format(d, "f")
+    return orjson.Fragment(s.encode())
+
+
+def dumps(o: Any) -> str:
+    return orjson.dumps(o).decode()
+
+
+def push(stream: str, topic: str, data: bytes | dict[str, Any], **extra: Any) -> str:
+    """A pushed message; ``data`` may already be serialized (then it is embedded as is)."""
+    body = orjson.Fragment(data) if isinstance(data, bytes) else data
+    return dumps({"type": stream, "topic": topic, **extra, "data": body})
+
+
+def touch_data(t: Touch, exchange: str) -> dict[str, Any]:
+    return {
+        "symbol": t.symbol,
+        "exchange": exchange,
+        "bid_px": num(t.bid_px),
+        "bid_sz": num(t.bid_sz),
+        "bid_exchange": t.bid_exchanges[0] if t.bid_exchanges else None,
+        "bid_exchanges": list(t.bid_exchanges),
+        "ask_px": num(t.ask_px),
+        "ask_sz": num(t.ask_sz),
+        "ask_exchange": t.ask_exchanges[0] if t.ask_exchanges else None,
+        "ask_exchanges": list(t.ask_exchanges),
+        "live": list(t.live),
+        "crossed": t.crossed,
+        "ts_event_us": t.ts_event_us,
+        "ts_recv_us": t.ts_recv_us,
+    }
+
+
+def trade_data(t: Trade) -> bytes:
+    return orjson.dumps({
+        "symbol": t.symbol,
+        "exchange": t.exchange,
+        "trade_id": t.trade_id,
+        "price": num(t.price),
+        "size": num(t.size),
+        "side": t.side,
+        "ts_event_us": t.ts_event_us,
+        "ts_recv_us": t.ts_recv_us,
+    })
+
+
+def candle_data(c: Candle, symbol: str, exchange: str, interval: str, history: bool = False) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "exchange": exchange,
+        "interval": interval,
+        "open_time_us": c.open_time_us,
+        "close_time_us": c.close_time_us,
+        "open": num(c.open),
+        "high": num(c.high),
+        "low": num(c.low),
+        "close": num(c.close),
+        "volume": num(c.volume),
+        "trades": c.trades,
+        "closed": c.closed,
+        "history": history,
+        "ts_event_us": c.ts_event_us,
+        "ts_recv_us": c.ts_recv_us,
+    }
+
+
+def ewma_data(symbol: str, exchange: str, half_life: Decimal, value: Decimal, t: Trade) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "exchange": exchange,
+        "half_life": num(half_life),
+        "value": num(value),
+        "price": num(t.price),
+        "ts_event_us": t.ts_event_us,
+        "ts_recv_us": t.ts_recv_us,
+    }

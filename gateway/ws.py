@@ -1,0 +1,299 @@
+"""The client WebSocket ``/ws``: authentication, one reply per client message, a writer per connection.
+
+Actions are a table (``ACTIONS``); adding one is ``@action("name")`` on an ``async def (conn, msg)``
+that replies with ``conn.ack(...)`` or raises ``WsError``. Streams other than market data (the user's
+``orders``) can be added the same way through ``STREAM_HANDLERS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect
+
+from gateway.fanout import ClientQueue
+from gateway.wsproto import MARKET_STREAMS, Spec, WsError, parse_spec, parse_topic
+from shared import tokens
+from shared.settings import Settings
+from shared.timeutil import now_us
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+class StreamSource(Protocol):
+    async def subscribe(self, spec: Spec, queue: ClientQueue, ack: str) -> Closable: ...
+
+
+Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
+ACTIONS: dict[str, Handler] = {}
+PUBLIC_ACTIONS: set[str] = set()  # allowed before authentication
+# stream name -> the source that serves it (market data by default; the orders stream can be registered)
+STREAM_HANDLERS: dict[str, Callable[[Connection], StreamSource]] = {
+    s: (lambda conn: conn.market) for s in MARKET_STREAMS
+}
+
+
+def action(name: str, *, public: bool = False) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ACTIONS[name] = fn
+        if public:
+            PUBLIC_ACTIONS.add(name)
+        return fn
+    return register
+
+
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _bearer(ws: WebSocket) -> str | None:
+    token = ws.query_params.get("token")
+    if token:
+        return token
+    auth = ws.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, market: StreamSource, settings: Settings) -> None:
+        self.ws = ws
+        self.market = market
+        self.settings = settings
+        cfg = settings.ws
+        self.queue = ClientQueue(cfg.queue_max, cfg.queue_hard_max)
+        self.queue.direct = self._send  # the naive benchmark variant sends without the queue
+        self.user_id: str | None = None
+        self.subs: dict[str, Closable] = {}
+        self._sending = False
+        self._allowance = 2 * cfg.rate_per_s
+        self._last_refill = time.monotonic()
+
+    # -- replies -----------------------------------------------------------------------------------
+
+    def send_json(self, o: dict[str, Any]) -> None:
+        self.queue.put_critical(orjson.dumps(o).decode())
+
+    def reply(self, type_: str, msg: dict[str, Any] | None, **fields: Any) -> None:
+        self.send_json(self.reply_obj(type_, msg, **fields))
+
+    @staticmethod
+    def reply_obj(type_: str, msg: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": type_}
+        if msg is not None and "id" in msg:
+            out["id"] = msg["id"]
+        out.update(fields)
+        return out
+
+    def ack(self, msg: dict[str, Any], **fields: Any) -> None:
+        self.reply("ack", msg, action=msg["action"], **fields)
+
+    def error(self, code: str, message: str, msg: dict[str, Any] | None = None) -> None:
+        self.reply("error", msg, code=code, message=message)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        writer = asyncio.create_task(self._writer())
+        reader = asyncio.create_task(self._reader())
+        failed = asyncio.create_task(self.queue.failed_event.wait())
+        try:
+            done, _ = await asyncio.wait({reader, writer, failed}, return_when=asyncio.FIRST_COMPLETED)
+            close: _Close | None = None
+            if self.queue.failed:
+                close = _Close(*self.queue.failed)
+            elif reader in done and reader.exception() is None:
+                close = reader.result()
+                if close is not None:  # let the reply that explains the close go out first
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._drained(), 2.0)
+            if close is not None:
+                writer.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(close.code, close.reason), 2.0)
+        finally:
+            for t in (reader, writer, failed):
+                t.cancel()
+            for t in (reader, writer, failed):
+                with contextlib.suppress(BaseException):
+                    await t
+            for sub in list(self.subs.values()):
+                with contextlib.suppress(Exception):
+                    await sub.close()
+            self.subs.clear()
+
+    async def _drained(self) -> None:
+        while len(self.queue) or self._sending:  # noqa: ASYNC110 - bounded by the caller, only before a close
+            await asyncio.sleep(0.01)
+
+    async def _send(self, frame: str) -> None:
+        await self.ws.send_text(frame)
+
+    async def _writer(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            if frame is None:
+                return
+            self._sending = True
+            await self.ws.send_text(frame)
+            self._sending = False
+
+    async def _reader(self) -> _Close | None:
+        """Returns why to close the connection, or None once the client has gone."""
+        cfg = self.settings.ws
+        token = _bearer(self.ws)
+        if token is not None:
+            try:
+                self.user_id = tokens.verify(token, self.settings.auth.jwt_secret)
+            except tokens.TokenError as e:
+                return _Close(CLOSE_POLICY, f"authentication failed: {e}")
+        deadline = time.monotonic() + cfg.auth_timeout_s
+        while True:
+            try:
+                if self.user_id is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    message = await asyncio.wait_for(self.ws.receive(), left)
+                else:
+                    message = await self.ws.receive()
+            except TimeoutError:
+                return _Close(CLOSE_POLICY, "authentication required: send {\"action\": \"auth\", \"token\": ...}")
+            except WebSocketDisconnect:
+                return None
+            if message["type"] == "websocket.disconnect":
+                return None
+            try:
+                await self._handle(message)
+            except _Close as c:
+                return c
+
+    def _rate_ok(self) -> bool:
+        rate = self.settings.ws.rate_per_s
+        now = time.monotonic()
+        self._allowance = min(2 * rate, self._allowance + (now - self._last_refill) * rate)
+        self._last_refill = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        if not self._rate_ok():
+            raise _Close(CLOSE_POLICY, "too many messages")
+        text = message.get("text")
+        if text is None:
+            self.error("binary_not_supported", "send JSON as text frames")
+            return
+        if len(text) > self.settings.ws.max_message_bytes:
+            raise _Close(CLOSE_TOO_BIG, f"message larger than {self.settings.ws.max_message_bytes} bytes")
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.error("bad_json", "message is not valid JSON")
+            return
+        if not isinstance(msg, dict):
+            self.error("bad_message", "message must be a JSON object")
+            return
+        if "id" in msg and not (msg["id"] is None or isinstance(msg["id"], int | str) and len(str(msg["id"])) <= 128):
+            msg.pop("id")
+            self.error("bad_id", "id must be a string or an integer of at most 128 characters", msg)
+            return
+        name = msg.get("action")
+        handler = ACTIONS.get(name) if isinstance(name, str) else None
+        if handler is None:
+            shown = repr(name)[:40] if name is not None else "missing"
+            self.error("unknown_action", f"unknown action {shown}; one of {', '.join(sorted(ACTIONS))}", msg)
+            return
+        if self.user_id is None and name not in PUBLIC_ACTIONS:
+            self.error("not_authenticated", "authenticate first: {\"action\": \"auth\", \"token\": \"<jwt>\"}", msg)
+            return
+        try:
+            await handler(self, msg)
+        except WsError as e:
+            self.error(e.code, e.message, msg)
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+@action("auth", public=True)
+async def _auth(conn: Connection, msg: dict[str, Any]) -> None:
+    token = msg.get("token")
+    try:
+        user_id = tokens.verify(token, conn.settings.auth.jwt_secret)  # type: ignore[arg-type]
+    except tokens.TokenError as e:
+        if conn.user_id is None:
+            conn.error("auth_failed", str(e), msg)
+            raise _Close(CLOSE_POLICY, f"authentication failed: {e}") from None
+        raise WsError("auth_failed", str(e)) from None
+    if conn.user_id is not None and user_id != conn.user_id:
+        raise WsError("auth_failed", "this connection is already authenticated as another user")
+    conn.user_id = user_id
+    conn.reply("auth", msg, status="ok", user_id=user_id)
+
+
+@action("ping", public=True)
+async def _ping(conn: Connection, msg: dict[str, Any]) -> None:
+    conn.reply("pong", msg, ts_us=now_us())
+
+
+def _spec_of(conn: Connection, msg: dict[str, Any]) -> Spec:
+    if "topic" in msg and "stream" not in msg:
+        return parse_topic(msg["topic"], conn.settings)
+    return parse_spec(msg, conn.settings, tuple(STREAM_HANDLERS))
+
+
+@action("subscribe")
+async def _subscribe(conn: Connection, msg: dict[str, Any]) -> None:
+    spec = parse_spec(msg, conn.settings, tuple(STREAM_HANDLERS))
+    topic = spec.topic
+    if topic in conn.subs:
+        raise WsError("already_subscribed", f"already subscribed to {topic}")
+    if len(conn.subs) >= conn.settings.ws.max_subscriptions:
+        raise WsError("too_many_subscriptions",
+                      f"at most {conn.settings.ws.max_subscriptions} subscriptions per connection")
+    source = STREAM_HANDLERS[spec.stream](conn)
+    ack = orjson.dumps(conn.reply_obj("ack", msg, action="subscribe", **spec.describe())).decode()
+    conn.subs[topic] = await source.subscribe(spec, conn.queue, ack)
+
+
+@action("unsubscribe")
+async def _unsubscribe(conn: Connection, msg: dict[str, Any]) -> None:
+    spec = _spec_of(conn, msg)
+    sub = conn.subs.pop(spec.topic, None)
+    if sub is None:
+        raise WsError("not_subscribed", f"not subscribed to {spec.topic}")
+    await sub.close()
+    conn.ack(msg, topic=spec.topic)
+
+
+@action("list")
+async def _list(conn: Connection, msg: dict[str, Any]) -> None:
+    conn.ack(msg, subscriptions=sorted(conn.subs))
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(ws: WebSocket) -> None:
+    await Connection(ws, ws.app.state.market, ws.app.state.settings).run()

@@ -1,0 +1,117 @@
+"""The client WebSocket protocol, without I/O: errors and the parsing of subscription requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from shared.klines import INTERVALS_US
+from shared.money import BadDecimal, fmt, parse_decimal
+from shared.settings import EXCHANGES, Settings
+
+EXCHANGE_FILTERS: tuple[str, ...] = ("all", *EXCHANGES)
+MARKET_STREAMS: tuple[str, ...] = ("best_touch", "trades", "klines", "ewma")
+HALF_LIFE_MIN = Decimal("0.001")
+HALF_LIFE_MAX = Decimal(30 * 86400)
+
+
+class WsError(Exception):
+    """Answered to the client as ``{"type": "error", "code": code, "message": message}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    stream: str
+    symbol: str
+    exchange: str
+    interval: str | None = None
+    half_life: Decimal | None = None
+
+    @property
+    def topic(self) -> str:
+        parts = [self.stream, self.symbol, self.exchange]
+        if self.interval is not None:
+            parts.append(self.interval)
+        if self.half_life is not None:
+            parts.append(fmt(self.half_life))
+        return ":".join(parts)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"topic": self.topic, "stream": self.stream, "symbol": self.symbol,
+                               "exchange": self.exchange}
+        if self.interval is not None:
+            out["interval"] = self.interval
+        if self.half_life is not None:
+            from gateway.wire import num
+            out["half_life"] = num(self.half_life)
+        return out
+
+
+def _choice(msg: dict[str, Any], field: str, allowed: tuple[str, ...] | list[str], code: str) -> str:
+    v = msg.get(field)
+    if v is None:
+        raise WsError(code, f"missing {field!r}; one of {', '.join(allowed)}")
+    if not isinstance(v, str) or v not in allowed:
+        shown = repr(v)[:40]
+        raise WsError(code, f"unknown {field} {shown}; one of {', '.join(allowed)}")
+    return v
+
+
+def parse_half_life(v: Any) -> Decimal:
+    if v is None:
+        raise WsError("bad_half_life", "missing 'half_life' (seconds, a positive number)")
+    if isinstance(v, Decimal):  # from a topic string
+        v = str(v)
+    elif isinstance(v, str) or isinstance(v, bool):
+        raise WsError("bad_half_life", "half_life must be a JSON number of seconds")
+    try:
+        d = parse_decimal(v, field="half_life")
+    except BadDecimal as e:
+        raise WsError("bad_half_life", str(e)) from None
+    if d <= 0:
+        raise WsError("bad_half_life", "half_life must be positive")
+    if d < HALF_LIFE_MIN or d > HALF_LIFE_MAX:
+        raise WsError("bad_half_life", f"half_life must be between {HALF_LIFE_MIN} and {HALF_LIFE_MAX} seconds")
+    return d
+
+
+def parse_spec(msg: dict[str, Any], settings: Settings, streams: tuple[str, ...] = MARKET_STREAMS) -> Spec:
+    stream = _choice(msg, "stream", streams, "unknown_stream")
+    symbol = _choice(msg, "symbol", list(settings.symbols), "unknown_symbol")
+    exchange = _choice(msg, "exchange", EXCHANGE_FILTERS, "unknown_exchange")
+    interval = half_life = None
+    if stream == "klines":
+        interval = _choice(msg, "interval", tuple(INTERVALS_US), "unknown_interval")
+    if stream == "ewma":
+        half_life = parse_half_life(msg.get("half_life"))
+    return Spec(stream, symbol, exchange, interval, half_life)
+
+
+def parse_topic(topic: Any, settings: Settings) -> Spec:
+    """A topic string as returned by the subscribe ack, back into its ``Spec``."""
+    if not isinstance(topic, str) or len(topic) > 200:
+        raise WsError("unknown_topic", "topic must be a string returned by subscribe")
+    parts = topic.split(":")
+    msg: dict[str, Any] = dict(zip(("stream", "symbol", "exchange"), parts, strict=False))
+    if len(parts) == 4 and parts[0] == "klines":
+        msg["interval"] = parts[3]
+    elif len(parts) == 4 and parts[0] == "ewma":
+        try:
+            msg["half_life"] = parse_decimal(parts[3])
+        except BadDecimal:
+            raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
+    elif len(parts) != 3:
+        raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}")
+    try:
+        spec = parse_spec(msg, settings)
+    except WsError:
+        raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
+    if spec.topic != topic:
+        raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}")
+    return spec

@@ -1,0 +1,70 @@
+"""Publish market data into Redis exactly as an ingestor does (``shared.schema`` + ``shared.names``).
+
+Reusable by any test: ``feed = MdFeed(aredis)``; ``await feed.bbo("binance", "BTCUSDT", "64000.1", "1",
+"64000.2", "2")``; ``await feed.trade("okx", "BTCUSDT", "64000.1", "0.01", "buy")``; ``await
+feed.status("okx", "up")``; ``async with feed.heartbeats("binance", "okx"): ...`` keeps feeds live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import redis.asyncio as aioredis
+
+from shared import names
+from shared.feed_health import HEARTBEAT_S
+from shared.schema import BBO, FeedState, FeedStatus, Side, Trade, encode
+from shared.timeutil import now_us
+
+
+class MdFeed:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._seq = itertools.count(1)
+
+    async def bbo(self, exchange: str, symbol: str, bid_px: str, bid_sz: str, ask_px: str, ask_sz: str, *,
+                  ts_event_us: int | None = None, ts_recv_us: int | None = None, store_last: bool = True) -> BBO:
+        now = now_us()
+        msg = BBO(exchange, symbol, Decimal(bid_px), Decimal(bid_sz), Decimal(ask_px), Decimal(ask_sz),
+                  next(self._seq), ts_event_us if ts_event_us is not None else now,
+                  ts_recv_us if ts_recv_us is not None else now)
+        raw = encode(msg)
+        if store_last:
+            await self.redis.set(names.md_last_key("bbo", exchange, symbol), raw)
+        await self.redis.publish(names.md_channel("bbo", exchange, symbol), raw)
+        return msg
+
+    async def trade(self, exchange: str, symbol: str, price: str, size: str, side: Side = "buy", *,
+                    trade_id: str | None = None, ts_event_us: int | None = None,
+                    ts_recv_us: int | None = None) -> Trade:
+        now = now_us()
+        msg = Trade(exchange, symbol, trade_id or str(next(self._seq)), Decimal(price), Decimal(size), side,
+                    ts_event_us if ts_event_us is not None else now, ts_recv_us if ts_recv_us is not None else now)
+        await self.redis.publish(names.md_channel("trade", exchange, symbol), encode(msg))
+        return msg
+
+    async def status(self, exchange: str, state: FeedState = "up", reason: str = "") -> None:
+        await self.redis.publish(names.status_channel(exchange), encode(FeedStatus(exchange, state, reason, now_us())))
+
+    @contextlib.asynccontextmanager
+    async def heartbeats(self, *exchanges: str, every_s: float = HEARTBEAT_S) -> AsyncIterator[set[str]]:
+        """Publish ``up`` for the exchanges every ``every_s``; remove one from the yielded set to stop it."""
+        alive = set(exchanges)
+
+        async def beat() -> None:
+            while True:
+                for ex in sorted(alive):
+                    await self.status(ex, "up")
+                await asyncio.sleep(every_s)
+
+        task = asyncio.create_task(beat())
+        try:
+            yield alive
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
