@@ -28,6 +28,7 @@ from pathlib import Path
 
 import orjson
 
+from ingestor.metrics import ingestor_registry
 from ingestor.service import Ingestor
 from shared import names
 from shared.embedded_redis import EmbeddedRedis
@@ -143,6 +144,7 @@ async def run_one(exchange: str, frames: list[bytes], redis_url: str, port: int)
     redis = connect(redis_url)
     try:
         ing = Ingestor(settings, exchange, redis)
+        ingestor_registry(ing)  # metrics hooked in as in `python -m ingestor` (batch-size histogram)
         # As if connected and already up: the bench measures the data path, not the feed state machine.
         ing.conn_state = "connected"
         ing.supervisor.connected_since_us = now_us() - 1

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from gateway import errors, trading, ws
+from gateway import errors, metrics, trading, ws
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.middleware import BodyLimitMiddleware
 from gateway.naive import NaiveMarketData
 from gateway.routes import auth, balance, fills, health, info, orders
 from gateway.schemas import JsonRoute
 from gateway.streams import MarketData
-from shared import tokens
+from shared import names, tokens
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
+
+log = logging.getLogger("gateway")
 
 
 class GatewayConfigError(RuntimeError):
@@ -25,15 +30,45 @@ class GatewayConfigError(RuntimeError):
 
 
 def check_settings(settings: Settings) -> None:
-    """Refuse to start on settings the gateway cannot run safely with."""
+    """Refuse to start on settings the gateway cannot run safely with. An empty secret is allowed: the gateway
+    then shares one made up in Redis (``shared_secret``)."""
+    if settings.auth.jwt_secret == "":
+        return
     try:
         tokens.check_secret(settings.auth.jwt_secret)
     except tokens.TokenError:
         raise GatewayConfigError(
-            f"JWT secret missing or shorter than {tokens.MIN_SECRET_BYTES} bytes: set JWT_SECRET (or "
+            f"JWT secret shorter than {tokens.MIN_SECRET_BYTES} bytes: set JWT_SECRET (or "
             f"SR_AUTH__JWT_SECRET / [auth] jwt_secret) to a random string, e.g. "
-            f"`python -c 'import secrets; print(secrets.token_urlsafe(48))'`; `make run` generates one"
+            f"`python -c 'import secrets; print(secrets.token_urlsafe(48))'`, or leave it empty to have the "
+            f"gateway keep one in Redis"
         ) from None
+
+
+async def shared_secret(redis: aioredis.Redis) -> str:
+    """The secret kept in Redis, made up by whichever gateway process asks first (``SET NX``: all agree)."""
+    await redis.set(names.JWT_SECRET_KEY, secrets.token_urlsafe(48), nx=True)
+    raw = await redis.get(names.JWT_SECRET_KEY)
+    value = raw.decode() if isinstance(raw, bytes) else raw
+    if not isinstance(value, str):
+        raise GatewayConfigError(f"{names.JWT_SECRET_KEY} vanished from Redis")
+    try:
+        tokens.check_secret(value)
+    except tokens.TokenError:
+        raise GatewayConfigError(f"the secret in Redis ({names.JWT_SECRET_KEY}) is shorter than "
+                                 f"{tokens.MIN_SECRET_BYTES} bytes: delete it or set JWT_SECRET") from None
+    return value
+
+
+async def resolve_secret(settings: Settings, redis: aioredis.Redis) -> Settings:
+    """``settings`` with the JWT secret every route, the WebSocket and token issuing use."""
+    if settings.auth.jwt_secret:
+        return settings
+    secret = await shared_secret(redis)
+    log.warning("no JWT secret configured (JWT_SECRET empty): using the one kept in Redis under %s; set "
+                "JWT_SECRET to manage it yourself", names.JWT_SECRET_KEY,
+                extra={"fields": {"event": "jwt_secret_from_redis", "key": names.JWT_SECRET_KEY}})
+    return settings.model_copy(update={"auth": settings.auth.model_copy(update={"jwt_secret": secret})})
 
 
 def market_data(settings: Settings) -> MarketData | NaiveMarketData:
@@ -50,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = connect(settings.redis.url)
+        # Every reader of the secret goes through app.state.settings (REST deps, WebSocket, token issuing).
+        app.state.settings = await resolve_secret(settings, app.state.redis)
         app.state.users = UserStore(app.state.redis)
         app.state.login_limiter = LoginLimiter(app.state.redis, auth_cfg.login_failures_per_user,
                                                auth_cfg.login_failures_per_ip, auth_cfg.login_failure_window_s)
@@ -64,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.market.stop()
             await app.state.redis.aclose()
+            metrics.worker_exit()
 
     app = FastAPI(title="Simple Router", version="0.1.0", lifespan=lifespan,
                   description="Market data from Binance and OKX, and a paper-trading account. Every error is "
@@ -74,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     trading.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes)
+    app.add_middleware(metrics.HttpMetricsMiddleware)  # outermost: times everything, 413s included
     app.include_router(health.router)
     app.include_router(auth.router)
     app.include_router(info.router)

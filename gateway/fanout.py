@@ -173,6 +173,7 @@ class ClientQueue:
         self.failed: tuple[int, str] | None = None
         self.failed_event = asyncio.Event()
         self.conflated = 0
+        self.dropped = 0  # frames discarded when the queue failed
         self.direct: Callable[[str], Awaitable[None]] | None = None  # unqueued send (naive variant only)
 
     def __len__(self) -> int:
@@ -190,6 +191,7 @@ class ClientQueue:
         if self.failed is None:
             self.failed = (code, reason)
             self.failed_event.set()
+        self.dropped += len(self._q)
         self._q.clear()
         self._slots.clear()
         self._strict = 0

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request, Response
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway import metrics
 from gateway.bodies import as_object, decimal_field, str_field
 from gateway.errors import ApiError
 from shared import ledger, ledger_store
@@ -178,14 +179,22 @@ def parse_order(settings: Settings, body: Any) -> dict[str, Any]:
 
 async def place_order(redis: aioredis.Redis, settings: Settings, user_id: str, body: Any) -> dict[str, Any]:
     """Validate and accept an order (status ``open``); the matcher fills it. Returns the public order."""
-    p = parse_order(settings, body)
-    async with _locks.hold(user_id):
-        try:
-            order = await ledger_store.place(redis, PairRules.of(p["pair"]), user_id=user_id, token_id=p["token_id"],
-                                             side=p["side"], type_=p["type_"], price=p["price"],
-                                             quantity=p["quantity"], now_us=now_us())
-        except LedgerError as e:
-            raise _api(e) from None
+    try:
+        p = parse_order(settings, body)
+        async with _locks.hold(user_id):
+            try:
+                order = await ledger_store.place(redis, PairRules.of(p["pair"]), user_id=user_id,
+                                                 token_id=p["token_id"], side=p["side"], type_=p["type_"],
+                                                 price=p["price"], quantity=p["quantity"], now_us=now_us())
+            except LedgerError as e:
+                raise _api(e) from None
+    except ApiError as e:
+        metrics.ORDERS.labels("rejected", e.code).inc()
+        log.info("order rejected: %s", e.detail, extra={"fields": {
+            "event": "order_rejected", "user_id": user_id, "code": e.code, "status": e.status, "reason": e.detail,
+            "token_id": str(body.get("token_id"))[:64] if isinstance(body, dict) else None}})
+        raise
+    metrics.ORDERS.labels("placed", "").inc()
     return order.public()
 
 

@@ -18,7 +18,8 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from gateway.fanout import ClientQueue
+from gateway import metrics
+from gateway.fanout import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
 from gateway.wsproto import MARKET_STREAMS, Spec, WsError, parse_spec, parse_topic
 from shared import tokens
 from shared.settings import Settings
@@ -86,6 +87,8 @@ class Connection:
         self.user_id: str | None = None
         self.subs: dict[str, Closable] = {}
         self._sending = False
+        self._sent = 0  # frames sent and not yet added to the metrics (added when the queue runs dry)
+        self._conflated_seen = 0
         self._allowance = 2 * cfg.rate_per_s
         self._last_refill = time.monotonic()
 
@@ -113,8 +116,29 @@ class Connection:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def _report(self) -> None:
+        if self._sent:
+            metrics.WS_MESSAGES_SENT.inc(self._sent)
+            self._sent = 0
+        conflated = self.queue.conflated - self._conflated_seen
+        if conflated:
+            metrics.WS_CONFLATED.inc(conflated)
+            self._conflated_seen += conflated
+
     async def run(self) -> None:
         await self.ws.accept()
+        metrics.WS_CONNECTIONS.inc()
+        try:
+            await self._run()
+        finally:
+            metrics.WS_CONNECTIONS.dec()
+            self._report()
+            if self.queue.failed is not None and self.queue.failed[0] in (CLOSE_SLOW, CLOSE_CRITICAL_OVERFLOW):
+                metrics.WS_SLOW_CLOSES.labels(str(self.queue.failed[0])).inc()
+            if self.queue.dropped:
+                metrics.WS_DROPPED.inc(self.queue.dropped)
+
+    async def _run(self) -> None:
         writer = asyncio.create_task(self._writer())
         reader = asyncio.create_task(self._reader())
         failed = asyncio.create_task(self.queue.failed_event.wait())
@@ -138,7 +162,8 @@ class Connection:
             for t in (reader, writer, failed):
                 with contextlib.suppress(BaseException):
                     await t
-            for sub in list(self.subs.values()):
+            for topic, sub in list(self.subs.items()):
+                metrics.WS_SUBSCRIPTIONS.labels(topic.split(":", 1)[0]).dec()
                 with contextlib.suppress(Exception):
                     await sub.close()
             self.subs.clear()
@@ -152,12 +177,15 @@ class Connection:
 
     async def _writer(self) -> None:
         while True:
+            if self._sent and not len(self.queue):
+                self._report()
             frame = await self.queue.get()
             if frame is None:
                 return
             self._sending = True
             await self.ws.send_text(frame)
             self._sending = False
+            self._sent += 1
 
     async def _reader(self) -> _Close | None:
         """Returns why to close the connection, or None once the client has gone."""
@@ -277,6 +305,7 @@ async def _subscribe(conn: Connection, msg: dict[str, Any]) -> None:
     source = STREAM_HANDLERS[spec.stream](conn)
     ack = orjson.dumps(conn.reply_obj("ack", msg, action="subscribe", **spec.describe())).decode()
     conn.subs[topic] = await source.subscribe(spec, conn.queue, ack)
+    metrics.WS_SUBSCRIPTIONS.labels(spec.stream).inc()
 
 
 @action("unsubscribe")
@@ -285,6 +314,7 @@ async def _unsubscribe(conn: Connection, msg: dict[str, Any]) -> None:
     sub = conn.subs.pop(spec.topic, None)
     if sub is None:
         raise WsError("not_subscribed", f"not subscribed to {spec.topic}")
+    metrics.WS_SUBSCRIPTIONS.labels(spec.stream).dec()
     await sub.close()
     conn.ack(msg, topic=spec.topic)
 

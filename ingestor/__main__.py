@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import signal
 
+from ingestor.metrics import ingestor_registry
 from ingestor.service import Ingestor
 from shared.logs import setup_logging
+from shared.prom import serve
 from shared.redis_conn import connect
 from shared.settings import EXCHANGES, get_settings
 
@@ -16,6 +18,8 @@ async def main(exchange: str) -> None:
     settings = get_settings()
     redis = connect(settings.redis.url or "redis://127.0.0.1:6379/0")
     ingestor = Ingestor(settings, exchange, redis)
+    server = serve(ingestor_registry(ingestor), settings.metrics.host, settings.metrics.ingestor_port(exchange),
+                   f"ingestor-{exchange}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ingestor.stop)
@@ -23,6 +27,8 @@ async def main(exchange: str) -> None:
         await ingestor.run()
     finally:
         await redis.aclose()
+        if server is not None:
+            server.shutdown()
 
 
 if __name__ == "__main__":

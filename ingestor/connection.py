@@ -115,7 +115,9 @@ class ConnectionSupervisor:
     # -- the loop --------------------------------------------------------------------------------
     def _set_state(self, state: ConnState, reason: str) -> None:
         if state != self.state:
-            log.info("%s: %s -> %s (%s)", self.name, self.state, state, reason)
+            log.info("%s: %s -> %s (%s)", self.name, self.state, state, reason, extra={"fields": {
+                "event": "exchange_connection", "exchange": self.name, "from": self.state, "to": state,
+                "reason": reason, "reconnects": self.reconnects}})
         self.state = state
         if self.on_state is not None:
             self.on_state(state, reason)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import orjson
 import redis.asyncio as aioredis
@@ -60,6 +60,7 @@ class Publisher:
         self.dropped = 0
         self.errors = 0
         self.batches = 0
+        self.on_batch: Callable[[int], object] | None = None  # called with each batch's size (metrics)
 
     def _route(self, kind: str, symbol: str) -> tuple[bytes, bytes | None]:
         r = self._routes.get((kind, symbol))
@@ -129,6 +130,8 @@ class Publisher:
         await self._script(keys=list(last), args=args)
         self.published += len(batch)
         self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
 
 
 def status_hash_fields(**fields: object) -> dict[str, str | int]:

@@ -77,7 +77,8 @@ class Ingestor:
             res = self.parser.parse(frame, ts_recv_us)
         except FrameError as e:
             stats.reject(e.reason)
-            self._rlog.warning(e.reason, "%s: rejected frame (%s): %s", self.exchange, e, repr(frame[:200]))
+            self._rlog.warning(e.reason, "%s: rejected frame (%s): %s", self.exchange, e, repr(frame[:200]),
+                               fields={"event": "frame_rejected", "exchange": self.exchange, "reason": e.reason})
             return None
         if type(res) is list:
             if res:
@@ -94,7 +95,8 @@ class Ingestor:
 
     def _control(self, c: Control) -> str | None:
         if c.kind == "reconnect":
-            log.warning("%s: exchange asks to reconnect: %s", self.exchange, c.detail)
+            log.warning("%s: exchange asks to reconnect: %s", self.exchange, c.detail, extra={"fields": {
+                "event": "exchange_reconnect_request", "exchange": self.exchange, "detail": c.detail}})
             return c.detail
         if c.kind == "error":
             self.stats.errors += 1
@@ -121,7 +123,8 @@ class Ingestor:
         changed = state != self.state
         self.state, self.reason = state, reason
         if changed:
-            log.info("%s: feed is %s (%s)", self.exchange, state, reason)
+            log.info("%s: feed is %s (%s)", self.exchange, state, reason, extra={"fields": {
+                "event": "feed_state", "exchange": self.exchange, "state": state, "reason": reason}})
         if changed or heartbeat:
             self.publish_status(now)
 

@@ -18,7 +18,7 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, msg: str, *args: object) -> bool:
+    def log(self, level: int, key: str, msg: str, *args: object, fields: dict[str, object] | None = None) -> bool:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.every_s:
@@ -28,11 +28,12 @@ class RateLimitedLog:
         n = self._suppressed.pop(key, 0)
         if n:
             msg += f" (+{n} similar suppressed)"
-        self.logger.log(level, msg, *args)
+        extra = {"fields": {**fields, "suppressed": n}} if fields is not None else None
+        self.logger.log(level, msg, *args, extra=extra)
         return True
 
-    def warning(self, key: str, msg: str, *args: object) -> bool:
-        return self.log(logging.WARNING, key, msg, *args)
+    def warning(self, key: str, msg: str, *args: object, fields: dict[str, object] | None = None) -> bool:
+        return self.log(logging.WARNING, key, msg, *args, fields=fields)
 
 
 @dataclass

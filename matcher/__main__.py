@@ -3,7 +3,9 @@ import asyncio
 import signal
 
 from matcher.engine import run_matcher
+from matcher.metrics import REGISTRY
 from shared.logs import setup_logging
+from shared.prom import serve
 from shared.settings import get_settings
 
 
@@ -14,7 +16,12 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_matcher(settings, stop)
+    server = serve(REGISTRY, settings.metrics.host, settings.metrics.matcher_port, "matcher")
+    try:
+        await run_matcher(settings, stop)
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 asyncio.run(main())

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from matcher import metrics
 from matcher.index import OpenOrderIndex
 from shared import ledger_store, names
 from shared.best_touch import Touch, best_touch
@@ -35,6 +36,8 @@ from shared.timeutil import now_us
 log = logging.getLogger("matcher")
 
 RECONCILE_S = 10.0
+HEARTBEAT_S = 1.0  # ``names.MATCHER_ALIVE_KEY`` is rewritten this often ...
+HEARTBEAT_TTL_MS = 5000  # ... and expires after this long (the gateway's /ready reads it)
 # Market/IOC orders found on recovery wait (at most this long) for every feed's first heartbeat before being
 # judged, so that a matcher that just started does not reject them for want of a price it simply has not heard.
 STARTUP_GRACE_S = 1.5
@@ -80,12 +83,15 @@ class Matcher:
         """Rebuild the index from Redis (the source of truth)."""
         orders = await ledger_store.scan_open_orders(self.r)
         self.index.clear()
+        metrics.RECOVERIES.inc()
         for o in orders:
             if o.type == "limit":
                 self.index.upsert(o)
             elif all((p.user_id, p.token_id) != (o.user_id, o.token_id) for p in self.pending):
                 self.pending.append(o)
         log.info("recovered %d open orders (%d market/ioc pending)", len(orders), len(self.pending))
+        metrics.OPEN_ORDERS.set(len(self.index))
+        metrics.PENDING.set(len(self.pending))
 
     # --- settlement ----------------------------------------------------------------------------
 
@@ -108,6 +114,27 @@ class Matcher:
         self.index.upsert(applied.order)
         if applied.decision.outcome == "fill":
             self.fills += 1
+        if applied.decision.outcome != "rest":
+            self._report(applied)
+
+    @staticmethod
+    def _report(applied: ledger_store.Applied) -> None:
+        o = applied.order
+        for f in applied.fills:
+            metrics.FILLS.labels(f.symbol, f.exchange).inc()
+            log.info("fill %s %s %s %s @ %s on %s", o.token_id, f.side, f.quantity, f.symbol, f.price, f.exchange,
+                     extra={"fields": {"event": "fill", "user_id": o.user_id, "token_id": o.token_id,
+                                       "fill_id": f.fill_id, "symbol": f.symbol, "side": f.side,
+                                       "price": str(f.price), "quantity": str(f.quantity), "fee": str(f.fee),
+                                       "fee_asset": f.fee_asset, "exchange": f.exchange,
+                                       "liquidity": f.liquidity}})
+        if not o.is_open:
+            metrics.ORDERS.labels(o.status).inc()
+            level = logging.INFO if o.status == "filled" else logging.WARNING
+            log.log(level, "order %s %s%s", o.token_id, o.status, f": {o.reason}" if o.reason else "",
+                    extra={"fields": {"event": f"order_{o.status}", "user_id": o.user_id, "token_id": o.token_id,
+                                      "symbol": o.symbol, "type": o.type, "status": o.status, "reason": o.reason,
+                                      "filled_quantity": str(o.filled_quantity)}})
 
     def _arrival(self, symbol: str) -> Any:
         def decide(o: Order) -> Decision:
@@ -207,7 +234,11 @@ class Matcher:
                 await self.match_symbol(s)
             log.info("matcher ready: %d resting orders", len(self.index))
             next_reconcile = time.monotonic() + reconcile_s
+            next_beat = 0.0
             while not stop.is_set():
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + HEARTBEAT_S
+                    await self.heartbeat()
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if self.resync:  # pub/sub reconnected under us: messages may have been lost
                     self.resync = False
@@ -215,7 +246,9 @@ class Matcher:
                     await self.recover()
                 if msg is not None and msg["type"] in ("message", "pmessage"):
                     ch = msg["channel"]
+                    t0 = time.perf_counter()
                     await self.handle(ch.decode() if isinstance(ch, bytes) else ch, msg["data"])
+                    metrics.HANDLE_SECONDS.observe(time.perf_counter() - t0)
                 await self.run_pending()
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + reconcile_s
@@ -226,6 +259,14 @@ class Matcher:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+            if stop.is_set():  # a clean stop: say so at once rather than let the heartbeat expire
+                with contextlib.suppress(Exception):
+                    await self.r.delete(names.MATCHER_ALIVE_KEY)
+
+    async def heartbeat(self) -> None:
+        await self.r.set(names.MATCHER_ALIVE_KEY, now_us(), px=HEARTBEAT_TTL_MS)
+        metrics.OPEN_ORDERS.set(len(self.index))
+        metrics.PENDING.set(len(self.pending))
 
 
 async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str | None = None,
@@ -240,6 +281,7 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
                 _signal_ready(m, ready)
             await m.run(stop, reconcile_s)
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            metrics.REDIS_RECONNECTS.inc()
             log.warning("redis connection lost (%s); reconnecting in %.1fs", e, backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)

@@ -24,5 +24,9 @@ class FeedHealth:
         st = self._last.get(exchange)
         return st is not None and st[0] == "up" and now_us - st[1] <= self.stale_after_us
 
+    def heard(self) -> dict[str, tuple[str, int]]:
+        """Exchange -> (state, local receive time in us) of its latest status message."""
+        return dict(self._last)
+
     def live(self, now_us: int) -> tuple[str, ...]:
         return tuple(sorted(ex for ex in self._last if self.is_live(ex, now_us)))

@@ -31,6 +31,11 @@ Users (gateway accounts)::
     auth:fail:user:<username lowercased>  counter of failed logins, expires with the window
     auth:fail:ip:<client ip>          counter of failed logins, expires with the window
 
+Operations::
+
+    matcher:alive                     string: the matcher's last heartbeat time (us); set every second, 5 s TTL
+    gateway:jwt_secret                string: the JWT secret the gateways made up when none is configured (SET NX)
+
 ``{u:<user_id>}`` is a Redis Cluster hash tag: every per-user key carries it so one user's keys share a slot.
 """
 
@@ -120,3 +125,9 @@ def login_fail_user_key(username: str) -> str:
 
 def login_fail_ip_key(ip: str) -> str:
     return f"auth:fail:ip:{ip}"
+
+
+# --- operations ----------------------------------------------------------------------------------------
+
+MATCHER_ALIVE_KEY = "matcher:alive"
+JWT_SECRET_KEY = "gateway:jwt_secret"

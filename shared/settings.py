@@ -157,6 +157,18 @@ class WsSettings(_Strict):
     kline_grace_s: float = Field(default=0.25, ge=0, lt=1)
 
 
+class MetricsSettings(_Strict):
+    """Prometheus endpoints of the ingestors and the matcher (the gateway serves ``/metrics`` itself); 0 = off."""
+
+    host: str = "127.0.0.1"
+    ingestor_binance_port: int = Field(default=0, ge=0, le=65535)
+    ingestor_okx_port: int = Field(default=0, ge=0, le=65535)
+    matcher_port: int = Field(default=0, ge=0, le=65535)
+
+    def ingestor_port(self, exchange: str) -> int:
+        return int(getattr(self, f"ingestor_{exchange}_port", 0))
+
+
 class LogSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = False
@@ -171,6 +183,7 @@ class Settings(_Strict):
     okx: OkxSettings = OkxSettings()
     ws: WsSettings = WsSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     pairs: tuple[Pair, ...] = Field(min_length=1)
 
     @field_validator("binance", "okx")

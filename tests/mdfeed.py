@@ -2,7 +2,8 @@
 
 Reusable by any test: ``feed = MdFeed(aredis)``; ``await feed.bbo("binance", "BTCUSDT", "64000.1", "1",
 "64000.2", "2")``; ``await feed.trade("okx", "BTCUSDT", "64000.1", "0.01", "buy")``; ``await
-feed.status("okx", "up")``; ``async with feed.heartbeats("binance", "okx"): ...`` keeps feeds live.
+feed.status("okx", "up")``; ``async with feed.heartbeats("binance", "okx"): ...`` keeps feeds live
+(``matcher=True``: also the matcher's heartbeat key, as a running matcher keeps it).
 """
 
 from __future__ import annotations
@@ -50,15 +51,24 @@ class MdFeed:
     async def status(self, exchange: str, state: FeedState = "up", reason: str = "") -> None:
         await self.redis.publish(names.status_channel(exchange), encode(FeedStatus(exchange, state, reason, now_us())))
 
+    async def matcher_alive(self, ttl_ms: int = 5000) -> None:
+        """The heartbeat a running matcher writes every second."""
+        await self.redis.set(names.MATCHER_ALIVE_KEY, now_us(), px=ttl_ms)
+
     @contextlib.asynccontextmanager
-    async def heartbeats(self, *exchanges: str, every_s: float = HEARTBEAT_S) -> AsyncIterator[set[str]]:
-        """Publish ``up`` for the exchanges every ``every_s``; remove one from the yielded set to stop it."""
-        alive = set(exchanges)
+    async def heartbeats(self, *exchanges: str, every_s: float = HEARTBEAT_S,
+                         matcher: bool = False) -> AsyncIterator[set[str]]:
+        """Publish ``up`` for the exchanges every ``every_s``; remove one from the yielded set to stop it (and
+        ``"matcher"`` to stop the matcher heartbeat)."""
+        alive = set(exchanges) | ({"matcher"} if matcher else set())
 
         async def beat() -> None:
             while True:
                 for ex in sorted(alive):
-                    await self.status(ex, "up")
+                    if ex == "matcher":
+                        await self.matcher_alive()
+                    else:
+                        await self.status(ex, "up")
                 await asyncio.sleep(every_s)
 
         task = asyncio.create_task(beat())
