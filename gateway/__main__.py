@@ -24,7 +24,7 @@ from shared.logs import setup_logging, uvicorn_log_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
 settings = get_settings()
-setup_logging("gateway", settings.log.level)
+setup_logging("gateway", settings.log.level, settings.log.json_logs)
 try:
     check_settings(settings)
 except GatewayConfigError as e:

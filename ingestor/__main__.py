@@ -35,7 +35,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(prog="python -m ingestor", description="Run one exchange's market data ingestor.")
     ap.add_argument("exchange", choices=EXCHANGES)
     args = ap.parse_args()
-    setup_logging(f"ingestor-{args.exchange}", get_settings().log.level)
+    setup_logging(f"ingestor-{args.exchange}", get_settings().log.level, get_settings().log.json_logs)
     try:
         import uvloop  # comes with uvicorn[standard]; a faster event loop for the read path
     except ImportError:

@@ -11,7 +11,7 @@ from shared.settings import get_settings
 
 async def main() -> None:
     settings = get_settings()
-    setup_logging("matcher", settings.log.level)
+    setup_logging("matcher", settings.log.level, settings.log.json_logs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

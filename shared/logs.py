@@ -59,9 +59,12 @@ def formatter() -> logging.Formatter:
     return JsonFormatter() if json_enabled() else TextFormatter()
 
 
-def setup_logging(process: str, level: str = "INFO") -> None:
+def setup_logging(process: str, level: str = "INFO", json_logs: bool = False) -> None:
+    """``json_logs`` (the ``log.json_logs`` setting) or ``LOG_JSON=1`` switch every process to JSON lines."""
     global _PROCESS
     _PROCESS = process
+    if json_logs:
+        os.environ["LOG_JSON"] = "1"  # uvicorn's workers and child processes inherit it
     os.environ["SR_LOG_PROCESS"] = process  # uvicorn's worker processes name themselves the same
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter())

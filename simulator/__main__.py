@@ -51,7 +51,7 @@ async def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    setup_logging("simulator", get_settings().log.level)
+    setup_logging("simulator", get_settings().log.level, get_settings().log.json_logs)
     try:
         asyncio.run(run(args))
     except FileNotFoundError as e:
