@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from shared import names
@@ -111,3 +112,157 @@ async def test_every_pair_of_both_exchanges_arrives_exactly(tmp_path: Path, redi
 async def _hash_has(redis: aioredis.Redis, exchange: str, **fields: str) -> bool:
     h = await feed_hash(redis, exchange)
     return all(h.get(k) == v for k, v in fields.items())
+
+
+# --- faults, keepalives, staleness, resubscription -------------------------------------------------------
+
+SYM = "BTCUSDT"  # paused, so that every BTCUSDT message in Redis is one the test pushed
+
+
+class Probe:
+    """Pushes a BTCUSDT quote with a fresh price on one exchange and waits for it in Redis."""
+
+    def __init__(self, sim: Simulator, sink: MdSink, exchange: str) -> None:
+        self.sim, self.sink, self.ex = sim, sink, exchange
+        self.server = sim.server(exchange)
+        self.n = 0
+        self.pushed: set[Decimal] = set()
+
+    async def roundtrip(self, within: float = 10.0) -> BBO:
+        self.n += 1
+        bid = Decimal("60000.00") + self.n * Decimal("0.01")
+        self.pushed.add(bid)
+        mark = self.sink.mark()
+        await self.server.push_bbo(SYM, bid=str(bid), ask=str(bid + Decimal("0.05")), book=False)
+        m = await self.sink.wait(lambda c, m: c == names.md_channel("bbo", self.ex, SYM) and m.bid_px == bid,  # type: ignore[union-attr]
+                                 within, mark)
+        assert isinstance(m, BBO)
+        return m
+
+    def published_btc(self, kind: str, since: int = 0) -> list:
+        return self.sink.find(is_md(kind, self.ex, SYM), since)
+
+    async def reconnected(self, total: int, within: float = 10.0) -> None:
+        """The ingestor dialled again (``total`` connections so far) and subscribed everything again."""
+        srv = self.server
+        await wait_until(lambda: srv.connections_total >= total and srv.connection_count == 1, within,
+                         f"{self.ex}: connection #{total}")
+        if self.ex == "okx":
+            for inst in OKX_INSTS:
+                for ch in ("bbo-tbt", "books5", "trades"):
+                    await self.sim.okx.wait_subscribed((ch, inst), within)
+        else:
+            assert len(srv.subscriptions()) == 3 * len(SETTINGS.pairs)
+
+
+GARBAGE = ("non_json", "truncated", "nan", "nan_literal", "negative", "empty")
+
+
+@pytest.mark.parametrize("ex", ["binance", "okx"])
+async def test_faults_keepalives_staleness_and_recovery(ex: str, tmp_path: Path, redis_url: str,
+                                                        aredis: aioredis.Redis) -> None:
+    """One ingestor process through every injected fault, in sequence; after each: down at once (or stale,
+    for silence), a redial, a full resubscription, and data flowing again (``up``)."""
+    async with (Simulator(settings=SETTINGS, seed=3, ping_interval=0.3, okx_idle_timeout=1.2) as sim,
+                MdSink.open(redis_url) as sink):
+        sim.pause(SYM)  # the other pairs keep walking: the connection is never idle unless a test wants it
+        probe = Probe(sim, sink, ex)
+        srv = sim.server(ex)
+        conns = 1
+
+        async def recovers(mark: int, reason_part: str) -> FeedStatus:
+            """A ``down`` naming the cause, then a new connection, resubscribed, with data and ``up`` again."""
+            nonlocal conns
+            down = await sink.status(ex, "down", 5.0, mark)
+            assert reason_part in down.reason, down
+            conns += 1
+            await probe.reconnected(conns)
+            up_mark = sink.mark()
+            await probe.roundtrip()
+            await sink.status(ex, "up", 5.0, up_mark)
+            return down
+
+        async with ingestor_processes(redis_url, sim, tmp_path, exchanges=(ex,)) as procs:
+            await probe.reconnected(1, within=15)
+            await probe.roundtrip()
+            await sink.status(ex, "up")
+
+            # Keepalive: Binance's server pings are answered; OKX's "ping" after silence gets its "pong".
+            if ex == "binance":
+                await wait_until(lambda: sim.binance.pongs_received >= 3, what="pongs to the server's pings")
+                assert sim.binance.rate_limit_closes == 0
+            else:
+                sim.pause(exchange="okx")  # nothing at all on the connection now
+                mark = sink.mark()
+                await wait_until(lambda: sim.okx.pings_received >= 3, what="ingestor pings during silence")
+                # The ping keeps the connection alive past the server's 1.2 s idle limit ...
+                assert sim.okx.idle_closes == 0 and srv.connections_total == 1
+                # ... while the feed is reported stale at once: no market data.
+                stale = await sink.status(ex, "stale", 5.0, mark)
+                assert "no market data" in stale.reason
+                sim.resume(exchange="okx")
+                sim.pause(SYM)
+                await sink.status(ex, "up", 5.0, sink.mark())
+
+            # Staleness: data stops (connection stays) -> stale; data again -> up.
+            sim.pause()
+            mark = sink.mark()
+            stale = await sink.status(ex, "stale", 5.0, mark)
+            assert "no market data" in stale.reason, stale
+            await probe.roundtrip()
+            await sink.status(ex, "up", 5.0, mark)
+            sim.resume()
+            sim.pause(SYM)
+            conns = srv.connections_total  # (Binance: the quiet spell may have tripped the idle watchdog)
+
+            mark = sink.mark()
+            await srv.drop_all(1000)
+            await recovers(mark, "closed by server (code 1000")
+
+            mark = sink.mark()
+            await srv.abrupt_close_all()
+            await recovers(mark, "connection closed")
+
+            # Silent: the socket stays open but nothing comes (nor do pongs): stale, then the watchdog redials.
+            mark = sink.mark()
+            srv.go_silent(2.5)  # a bit longer than the ingestor's idle limit (1.5 s; OKX: 0.4 s ping + 1.5 s)
+            stale = await sink.status(ex, "stale", 5.0, mark)
+            down = await recovers(mark, "idle: no frame for")
+            assert stale.ts_us < down.ts_us
+
+            # Garbage: counted per reason, never published, the connection and the process survive.
+            mark = sink.mark()
+            before = await feed_hash(aredis, ex)
+            for kind in GARBAGE:
+                await srv.send_garbage(kind, SYM)
+            await srv.send_crossed_book(SYM)
+            await probe.roundtrip()
+            assert all(m.bid_px in probe.pushed for m in probe.published_btc("bbo", mark)), "garbage published"  # type: ignore[union-attr]
+            assert probe.published_btc("book", mark) == []  # only the crossed book was sent: dropped
+            await wait_until(lambda: _hash_int(aredis, ex, "rejected", int(before["rejected"]) + 8),
+                             what="rejections counted")
+            h = await feed_hash(aredis, ex)
+            assert h["reconnects"] == before["reconnects"] and h["state"] == "up", h
+            assert int(h["rejected_crossed"]) == 2, h  # the bbo and the book
+            assert int(h["rejected_bad_json"]) >= 3, h  # non-JSON, truncated, empty (NaN literal too)
+            assert procs.alive(ex)
+
+            # The exchange asks to reconnect: the redial happens at once, without a backoff.
+            mark = sink.mark()
+            if ex == "binance":
+                await sim.binance.server_shutdown()
+                down = await recovers(mark, "serverShutdown")
+            else:
+                await sim.okx.send_notice()
+                down = await recovers(mark, "notice 64008")
+            assert "redial in 0.00s" in down.reason, down
+
+            h = await feed_hash(aredis, ex)
+            assert int(h["reconnects"]) == srv.connections_total - 1, h
+            if ex == "okx":
+                assert int(h["pings_sent"]) >= 3 and sim.okx.idle_closes == 0, h
+        assert "Traceback" not in procs.log(ex), procs.log(ex)[-3000:]
+
+
+async def _hash_int(redis: aioredis.Redis, exchange: str, field: str, at_least: int) -> bool:
+    return int((await feed_hash(redis, exchange)).get(field, "0")) >= at_least
