@@ -168,7 +168,7 @@ async def ingestor_processes(redis_url: str, sim: Simulator | None, log_dir: Pat
         for ex in exchanges:
             path = log_dir / f"ingestor-{ex}.log"
             procs.logs[ex] = path
-            with open(path, "wb") as f:
+            with path.open("wb") as f:
                 procs.procs[ex] = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "ingestor", ex, env=penv, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
                     stdout=f, stderr=asyncio.subprocess.STDOUT)

@@ -5,6 +5,8 @@ Prices are pushed with the random walk paused, so every value that reaches Redis
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import redis.asyncio as aioredis
 
 from shared import names
 from shared.schema import BBO, Book, FeedStatus, Trade, decode
+from shared.settings import load_settings
 from simulator import Simulator
-from tests.e2etools import MdSink, feed_hash, ingestor_processes, is_md, wait_until
+from tests.e2etools import FAST_ENV, MdSink, feed_hash, ingestor_processes, is_md, wait_until
+from tests.servers import run_gateway
 from tests.simtools import SETTINGS
+from tests.wsclient import token, ws_client
 
 # (bid, ask, trade price) per pair, on the pair's tick; OKX quotes one tick apart from Binance.
 QUOTES = {
@@ -266,3 +271,92 @@ async def test_faults_keepalives_staleness_and_recovery(ex: str, tmp_path: Path,
 
 async def _hash_int(redis: aioredis.Redis, exchange: str, field: str, at_least: int) -> bool:
     return int((await feed_hash(redis, exchange)).get(field, "0")) >= at_least
+
+
+# --- through the gateway -------------------------------------------------------------------------------------
+
+
+def _touch(m: dict) -> tuple:
+    d = m["data"]
+    return (d["bid_px"], d["bid_exchange"], d["ask_px"], d["ask_exchange"], tuple(d["live"]))
+
+
+async def test_gateway_best_touch_and_trades_from_the_simulator(tmp_path: Path, redis_url: str) -> None:
+    """simulator -> ingestor processes -> Redis -> gateway /ws, for exchange all, binance and okx; a silent
+    exchange drops out of ``all`` as soon as its ingestor reports it stale, and comes back after the redial."""
+    async with (Simulator(settings=SETTINGS, seed=5) as sim,
+                ingestor_processes(redis_url, sim, tmp_path),
+                run_gateway(redis_url, SR_FEEDS__STALE_AFTER_S=FAST_ENV["SR_FEEDS__STALE_AFTER_S"]) as base,
+                ws_client(base, tok=token()) as c):
+        sim.pause(SYM)  # the other pairs keep walking
+        await wait_subscribed(sim)
+        await sim.binance.push_bbo(SYM, bid="60000.10", ask="60000.30", bid_qty="1.5", ask_qty="2")
+        await sim.okx.push_bbo(SYM, bid="60000.20", ask="60000.40", bid_qty="0.7", ask_qty="3")
+
+        def touch_is(flt: str, want: tuple) -> Callable[[dict], bool]:
+            return lambda m: m["type"] == "best_touch" and m["data"]["exchange"] == flt and _touch(m) == want
+
+        both = ("binance", "okx")
+        expect = {"all": (60000.2, "okx", 60000.3, "binance", both),
+                  "binance": (60000.1, "binance", 60000.3, "binance", ("binance",)),
+                  "okx": (60000.2, "okx", 60000.4, "okx", ("okx",))}
+        for flt, want in expect.items():
+            await c.subscribe(stream="best_touch", symbol=SYM, exchange=flt)
+            await c.until(touch_is(flt, want), 15)  # the snapshot, or the update once the feeds are live
+        for flt in expect:
+            await c.subscribe(stream="trades", symbol=SYM, exchange=flt)
+
+        await sim.binance.push_trade(SYM, price="60000.30", qty="0.25", side="buy")
+        await sim.okx.push_trade(SYM, price="60000.20", qty="0.5", side="sell")
+        got: dict[str, list[tuple]] = {"all": [], "binance": [], "okx": []}
+        while len(got["all"]) < 2 or not got["binance"] or not got["okx"]:
+            m = await c.until(lambda m: m["type"] == "trades", 10)
+            d = m["data"]
+            got[m["topic"].split(":")[2]].append((d["exchange"], d["price"], d["size"], d["side"]))
+        assert sorted(got["all"]) == [("binance", 60000.3, 0.25, "buy"), ("okx", 60000.2, 0.5, "sell")]
+        assert got["binance"] == [("binance", 60000.3, 0.25, "buy")]
+        assert got["okx"] == [("okx", 60000.2, 0.5, "sell")]
+        assert '"price":60000.30' in "".join(c.raw)  # Binance's digits, as a JSON number
+
+        # OKX goes silent: its ingestor says stale within ~1 s and OKX leaves the "all" touch.
+        sim.okx.go_silent(3.0)
+        await c.until(touch_is("all", (60000.1, "binance", 60000.3, "binance", ("binance",))), 10)
+        await c.until(touch_is("okx", (None, None, None, None, ())), 5)
+        # The watchdog redials, the other pairs' data make OKX up again: its quote is back in "all".
+        await c.until(touch_is("all", (60000.2, "okx", 60000.3, "binance", both)), 15)
+
+
+# --- the matcher reads the status hash the ingestor writes -------------------------------------------------
+
+
+async def test_matcher_snapshot_trusts_the_ingestors_status_hash(redis_url: str, aredis: aioredis.Redis) -> None:
+    from ingestor.service import Ingestor
+    from matcher.engine import Matcher
+    from shared.timeutil import now_us
+
+    async with Simulator(settings=SETTINGS, seed=9) as sim:
+        # The hash is rewritten every second (heartbeat): a staleness limit of 3 s trusts it, as 5 s does live.
+        env = {**FAST_ENV, "REDIS_URL": redis_url, "BINANCE_WS_URL": sim.binance_url, "OKX_WS_URL": sim.okx_url,
+               "SR_FEEDS__STALE_AFTER_S": "3"}
+        settings = load_settings(env=env)
+        ings = [Ingestor(settings, ex, aredis) for ex in ("binance", "okx")]
+        tasks = [asyncio.create_task(i.run()) for i in ings]
+        try:
+            for ex in ("binance", "okx"):
+                await wait_until(lambda ex=ex: _hash_has(aredis, ex, state="up"), 15, f"{ex} up in the hash")
+                await wait_until(lambda ex=ex: aredis.exists(names.md_last_key("bbo", ex, "BTCUSDT")), 15,
+                                 f"{ex} BTCUSDT bbo snapshot")
+            m = Matcher(settings, aredis)
+            await m.load_snapshots()
+            # Without waiting for a heartbeat, a matcher that starts now knows both feeds are live ...
+            assert m.health.live(now_us()) == ("binance", "okx")
+            assert {ex for ex, _ in m.bbos} == {"binance", "okx"}
+            assert m.touch("BTCUSDT").live == ("binance", "okx")
+        finally:
+            for i in ings:
+                i.stop()
+            await asyncio.gather(*tasks)
+        # ... and once the ingestors stopped ("down" in the hash) it does not trust them.
+        m = Matcher(settings, aredis)
+        await m.load_snapshots()
+        assert m.health.live(now_us()) == ()
