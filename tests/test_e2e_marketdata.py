@@ -6,6 +6,9 @@ Prices are pushed with the random walk paused, so every value that reaches Redis
 from __future__ import annotations
 
 import asyncio
+import gzip
+import signal
+import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -16,9 +19,9 @@ import redis.asyncio as aioredis
 
 from shared import names
 from shared.schema import BBO, Book, FeedStatus, Trade, decode
-from shared.settings import load_settings
+from shared.settings import ROOT, load_settings
 from simulator import Simulator
-from tests.e2etools import FAST_ENV, MdSink, feed_hash, ingestor_processes, is_md, wait_until
+from tests.e2etools import FAST_ENV, MdSink, feed_hash, ingestor_processes, is_md, process_env, wait_until
 from tests.servers import run_gateway
 from tests.simtools import SETTINGS
 from tests.wsclient import token, ws_client
@@ -360,3 +363,57 @@ async def test_matcher_snapshot_trusts_the_ingestors_status_hash(redis_url: str,
         m = Matcher(settings, aredis)
         await m.load_snapshots()
         assert m.health.live(now_us()) == ()
+
+
+# --- replay of a real capture --------------------------------------------------------------------------------
+
+
+def _capture_trades(path: Path) -> list[tuple[str, Decimal, Decimal, str, int]]:
+    out = []
+    with gzip.open(path, "rt") as f:
+        for line in f:
+            _, _, frame = line.partition(" ")
+            if '"btcusdt@trade"' not in frame:
+                continue
+            d = orjson.loads(frame)["data"]
+            out.append((str(d["t"]), Decimal(d["p"]), Decimal(d["q"]), "sell" if d["m"] else "buy", d["T"] * 1000))
+    return out
+
+
+@pytest.mark.captures
+async def test_replay_of_a_capture_reaches_redis(tmp_path: Path, redis_url: str, captures_dir: Path) -> None:
+    """``python -m simulator --replay <hftbacktest gz> --speed 0`` -> ``python -m ingestor binance`` -> Redis:
+    every trade of the capture, in order, with its exact id, price, size, taker side and exchange time."""
+    capture = captures_dir / "hftbacktest" / "btcusdt_20240808.gz"
+    if not capture.exists():
+        pytest.skip(f"{capture} not found")
+    expected = await asyncio.to_thread(_capture_trades, capture)
+    assert len(expected) > 1000
+    env = process_env(redis_url)
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulator", "--replay", str(capture), "--speed", "0", env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        assert sim.stdout is not None
+        urls = {}
+        while len(urls) < 2:
+            line = (await asyncio.wait_for(sim.stdout.readline(), 30)).decode()
+            assert line, "simulator exited before printing its URLs"
+            key, _, url = line.strip().partition("=")
+            urls[key] = url
+        async with (MdSink.open(redis_url, names.md_pattern("trade", "binance", "BTCUSDT")) as sink,
+                    ingestor_processes(redis_url, None, tmp_path, exchanges=("binance",),
+                                       BINANCE_WS_URL=urls["BINANCE_WS_URL"],
+                                       SR_FEEDS__IDLE_TIMEOUT_S="30", SR_FEEDS__STALE_AFTER_S="30")):
+            await wait_until(lambda: len(sink.items) >= len(expected), 60, f"{len(expected)} replayed trades")
+    finally:
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(sim.wait(), 10)
+        except TimeoutError:
+            sim.kill()
+            await sim.wait()
+    got = [(m.trade_id, m.price, m.size, m.side, m.ts_event_us) for _, m in sink.items]  # type: ignore[union-attr]
+    assert got == expected
+    assert sim.returncode == 0
