@@ -72,10 +72,11 @@ class Matcher:
             if raw is not None:
                 self._on_md(raw, check=False)
         for ex in EXCHANGES:
-            # Best effort: the ingestors' status hash, if it says "up" with a recent time; else wait for a heartbeat.
+            # The ingestor's status hash (docs/ingestor.md): trusted when it says "up" and was rewritten within
+            # the staleness limit (``updated_us``, at least every second); otherwise wait for a heartbeat.
             st = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
                   for k, v in (await self.r.hgetall(names.status_key(ex))).items()}
-            ts = st.get("ts_us")
+            ts = st.get("updated_us")
             if st.get("state") == "up" and ts and ts.isdigit():
                 self.health.update(FeedStatus(ex, "up", "snapshot", int(ts)), int(ts))
 

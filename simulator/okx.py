@@ -240,7 +240,10 @@ class OkxServer(ExchangeServer):
             await asyncio.sleep(step)
             if conn.silent or conn.closing:
                 continue
-            if conn.loop.time() - conn.last_recv >= self.idle_timeout:
+            # OKX drops a connection when no data was pushed to it for 30 s; a client "ping" is answered
+            # with a pushed "pong". A busy subscription therefore never needs a ping (OKX's own advice:
+            # ping only after N < 30 s without receiving anything).
+            if conn.loop.time() - max(conn.last_recv, conn.last_send) >= self.idle_timeout:
                 self.idle_closes += 1
                 # The close frame goes out even if the send queue is full.
                 conn.closing = True

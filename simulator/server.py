@@ -53,6 +53,7 @@ class Conn:
         self.loop = asyncio.get_running_loop()
         self.silent_until = 0.0
         self.last_recv = self.loop.time()
+        self.last_send = self.last_recv  # last frame written to the client (OKX's idle rule counts both ways)
         self.recv_times: deque[float] = deque()
         self.closing = False
         self.dropped = 0
@@ -208,6 +209,7 @@ class ExchangeServer:
                 if conn.silent:
                     await asyncio.sleep(conn.silent_until - conn.loop.time())
                 await conn.ws.send(data, text=True)
+                conn.last_send = conn.loop.time()
                 self.frames_sent += 1
             except ConnectionClosed:
                 q.task_done()

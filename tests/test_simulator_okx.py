@@ -119,3 +119,14 @@ async def test_push_exact_prices_while_paused() -> None:
     assert bbo["bids"] == [["59999.9", "1.5", "0", "1"]] and bbo["asks"] == [["60000.1", "0.25", "0", "1"]]
     assert book["asks"][0][:2] == ["60000.1", "0.25"] and book["bids"][0][:2] == ["59999.9", "1.5"]
     assert (trade["px"], trade["sz"], trade["side"]) == ("60000.1", "0.01", "buy")
+
+
+async def test_busy_subscription_is_never_idle_closed() -> None:
+    """OKX's rule is about data pushed: a client that only reads a busy channel is not dropped."""
+    async with running(okx_idle_timeout=0.6, rate=3) as sim:
+        async with connect(sim.okx_url) as reader:
+            await reader.send(orjson.dumps({"op": "subscribe", "args": [ARGS[1]]}).decode())  # books5: 10/s
+            frames = await collect(reader, 2.0)
+            assert len([f for f in frames if is_push(f)]) >= 10
+            assert reader.state.name == "OPEN"
+        assert sim.okx.idle_closes == 0
