@@ -10,6 +10,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.errors import ApiError
+from gateway.order_events import OrderEvents
 from shared import tokens
 from shared.settings import Settings
 
@@ -56,3 +57,10 @@ async def _current_user(settings: SettingsDep, token: Annotated[str | None, Depe
 
 # The authenticated user's id (the token's ``sub``); 401 ``not_authenticated``/``invalid_token`` otherwise.
 CurrentUser = Annotated[str, Depends(_current_user)]
+
+
+def _order_events(request: Request) -> OrderEvents:
+    return request.app.state.order_events  # type: ignore[no-any-return]
+
+
+OrderEventsDep = Annotated[OrderEvents, Depends(_order_events)]

@@ -40,7 +40,6 @@ async def test_info_reflects_fee_configuration(redis_url: str, tmp_path: Path) -
     assert (symbols[1]["maker_fee"], symbols[1]["taker_fee"]) == ("0", "0")
 
 
-@pytest.mark.xfail(reason="trading routes not yet on api_router/error_responses (being unified)", strict=False)
 async def test_openapi_documents_every_error_and_the_password_flow(redis_url: str) -> None:
     async with run_gateway(redis_url) as base, httpx.AsyncClient(base_url=base) as c:
         spec = (await c.get("/openapi.json")).json()
