@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 
 from shared.settings import DEFAULT_CONFIG
 from tests.servers import run_gateway
