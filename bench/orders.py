@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
-def spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+def spawn(module: str, env: dict[str, str], profile: str = "") -> subprocess.Popen[bytes]:
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    return subprocess.Popen([sys.executable, *prof, "-m", module], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             start_new_session=True)
 
 
@@ -210,7 +212,9 @@ async def main() -> None:
         srv = EmbeddedRedis(tmp).start()
         port = free_port()
         env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
-        procs = [spawn("gateway", env)] + ([] if os.environ.get("BENCH_NO_MATCHER") else [spawn("matcher", env)])
+        # BENCH_PROFILE=/tmp/gw.prof: the gateway runs under cProfile (stopped with SIGINT so the file is written)
+        profile = os.environ.get("BENCH_PROFILE", "")
+        procs = [spawn("gateway", env, profile)] + ([] if os.environ.get("BENCH_NO_MATCHER") else [spawn("matcher", env)])
         r = aioredis.Redis.from_url(srv.url)
         stop = asyncio.Event()
         hb = asyncio.create_task(heartbeat(r, stop))
@@ -224,7 +228,7 @@ async def main() -> None:
             await hb
             await r.aclose()
             for p in procs:
-                p.terminate()
+                p.send_signal(signal.SIGINT) if profile else p.terminate()
             for p in procs:
                 try:
                     p.wait(10)

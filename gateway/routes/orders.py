@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Path, Query
 
 from gateway import trading
-from gateway.deps import CurrentUser, OrderEventsDep, RedisDep, SettingsDep
+from gateway.deps import TraderDep
 from gateway.errors import error_responses
 from gateway.schemas import JsonOut, api_router
 from gateway.trading_models import ModifyOrderIn, OrderListOut, OrderOut, PlaceOrderIn
@@ -31,34 +31,34 @@ S422 = ("`unknown_symbol`, `invalid_side`, `invalid_type`, `invalid_price` (tick
     responses=error_responses(400, 401, 409, 413, 415, 422, 503, s400=S400, s422=S422,
                               s409="`duplicate_token_id`: the token_id was already used"),
 )
-async def place(body: PlaceOrderIn, user: CurrentUser, redis: RedisDep, settings: SettingsDep,
-                events: OrderEventsDep) -> JsonOut:
-    out = await trading.place_order(redis, settings, user, body, final=events,
-                                    wait_s=settings.gateway.order_final_wait_s)
+async def place(body: PlaceOrderIn, t: TraderDep) -> JsonOut:
+    out = await trading.place_order(t.redis, t.settings, t.user_id, body, final=t.events,
+                                    wait_s=t.settings.gateway.order_final_wait_s)
     return JsonOut(out, status_code=201)
 
 
 @router.get("/orders", response_model=OrderListOut, summary="Own orders, newest first",
             responses=error_responses(401, 422, 503, s422="`status`, `limit` or `offset` out of range"))
-async def list_orders(user: CurrentUser, redis: RedisDep, settings: SettingsDep,
+async def list_orders(t: TraderDep,
                       status: Status | None = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
                       offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JsonOut:
-    return JsonOut(await trading.list_orders(redis, settings, user, status=status, limit=limit, offset=offset))
+    return JsonOut(await trading.list_orders(t.redis, t.settings, t.user_id, status=status, limit=limit,
+                                             offset=offset))
 
 
 @router.get("/orders/{token_id}", response_model=OrderOut, summary="One of your orders",
             responses=error_responses(401, 404, 422, 503, s404="`order_not_found` (or another user's order)"))
-async def get_order(token_id: TokenPath, user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.get_order(redis, settings, user, token_id))
+async def get_order(token_id: TokenPath, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.get_order(t.redis, t.settings, t.user_id, token_id))
 
 
 @router.delete("/orders/{token_id}", response_model=OrderOut,
                summary="Cancel an open order; releases its reservation",
                responses=error_responses(401, 404, 409, 422, 503, s404="`order_not_found`",
                                          s409="`order_not_open`: already filled, cancelled, expired or rejected"))
-async def cancel(token_id: TokenPath, user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.cancel_order(redis, settings, user, token_id))
+async def cancel(token_id: TokenPath, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.cancel_order(t.redis, t.settings, t.user_id, token_id))
 
 
 @router.put("/orders/{token_id}", response_model=OrderOut,
@@ -67,6 +67,5 @@ async def cancel(token_id: TokenPath, user: CurrentUser, redis: RedisDep, settin
             responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503, s400=S400,
                                       s404="`order_not_found`", s422=S422,
                                       s409="`order_not_open` or `not_modifiable` (market/ioc)"))
-async def modify(token_id: TokenPath, body: ModifyOrderIn, user: CurrentUser, redis: RedisDep,
-                 settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.modify_order(redis, settings, user, token_id, body))
+async def modify(token_id: TokenPath, body: ModifyOrderIn, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.modify_order(t.redis, t.settings, t.user_id, token_id, body))
