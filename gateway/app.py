@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from gateway import errors, metrics, trading, ws
+from gateway import errors, metrics, trading, ws, ws_orders  # noqa: F401 - ws_orders registers the order actions
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.middleware import BodyLimitMiddleware
 from gateway.naive import NaiveMarketData
+from gateway.order_events import OrderEvents
 from gateway.routes import auth, balance, fills, health, info, orders
 from gateway.schemas import JsonRoute
 from gateway.streams import MarketData
@@ -96,9 +97,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.hasher.start()
         app.state.market = market_data(settings)
         await app.state.market.start()
+        app.state.order_events = OrderEvents(settings)
+        await app.state.order_events.start()
         try:
             yield
         finally:
+            await app.state.order_events.stop()
             await app.state.market.stop()
             await app.state.redis.aclose()
             metrics.worker_exit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import redis.asyncio as aioredis
@@ -10,6 +11,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.errors import ApiError
+from gateway.order_events import OrderEvents
 from shared import tokens
 from shared.settings import Settings
 
@@ -45,7 +47,8 @@ LoginLimiterDep = Annotated[LoginLimiter, Depends(_login_limiter)]
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 
-async def _current_user(settings: SettingsDep, token: Annotated[str | None, Depends(oauth2)]) -> str:
+async def _current_user(request: Request, token: Annotated[str | None, Depends(oauth2)]) -> str:
+    settings: Settings = request.app.state.settings
     if not token:
         raise ApiError(401, "not_authenticated", "not authenticated: send Authorization: Bearer <token>", _BEARER)
     try:
@@ -56,3 +59,29 @@ async def _current_user(settings: SettingsDep, token: Annotated[str | None, Depe
 
 # The authenticated user's id (the token's ``sub``); 401 ``not_authenticated``/``invalid_token`` otherwise.
 CurrentUser = Annotated[str, Depends(_current_user)]
+
+
+def _order_events(request: Request) -> OrderEvents:
+    return request.app.state.order_events  # type: ignore[no-any-return]
+
+
+OrderEventsDep = Annotated[OrderEvents, Depends(_order_events)]
+
+
+@dataclass(frozen=True, slots=True)
+class Trader:
+    """Everything a trading route needs, as one dependency (each extra dependency costs per request)."""
+
+    user_id: str
+    redis: aioredis.Redis
+    settings: Settings
+    events: OrderEvents
+
+
+async def _trader(request: Request, user_id: CurrentUser) -> Trader:
+    state = request.app.state
+    return Trader(user_id, state.redis, state.settings, state.order_events)
+
+
+# The authenticated user (401 otherwise) with the app's Redis, settings and order events.
+TraderDep = Annotated[Trader, Depends(_trader)]

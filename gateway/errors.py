@@ -10,6 +10,10 @@ Raise ``ApiError(status, code, detail)`` from routes. Everything else is mapped 
 - anything unhandled -> 500 ``{"detail": "internal error", "code": "internal"}``, logged with traceback.
 
 ``error_responses(401, 404, ...)`` documents those statuses with ``ErrorOut`` in OpenAPI.
+
+A field or model may carry its own stable code instead of ``validation_error``: a validator raising
+``PydanticCustomError(code, message)`` with a ``code`` registered by ``register_codes(...)`` (see
+``gateway.schemas.coded``). The first error of a request decides the code.
 """
 
 from __future__ import annotations
@@ -57,6 +61,14 @@ STATUS_TEXT: dict[int, str] = {
     500: "Internal error",
     503: "Server busy; retry later",
 }
+
+
+# Pydantic error types that are stable API codes of their own (``gateway.schemas.coded`` registers them).
+API_CODES: set[str] = set()
+
+
+def register_codes(*codes: str) -> None:
+    API_CODES.update(codes)
 
 
 class ErrorOut(BaseModel):
@@ -145,7 +157,8 @@ def validation_payload(errors: Sequence[Any]) -> dict[str, Any]:
         loc = _safe_loc(err.get("loc", ()))
         issues.append({"loc": loc, "msg": _message(err), "type": str(err.get("type", "value_error"))[:64]})
     detail = "; ".join(f"{_field(i['loc'])}: {i['msg']}" for i in issues) or "invalid request"
-    return {"detail": detail, "code": "validation_error", "errors": issues}
+    code = issues[0]["type"] if issues and issues[0]["type"] in API_CODES else "validation_error"
+    return {"detail": detail, "code": code, "errors": issues}
 
 
 async def _api_error(_: Request, exc: Exception) -> Response:

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,8 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
-from gateway.bodies import as_object, decimal_field, str_field
 from gateway.errors import ApiError
+from gateway.trading_models import DepositIn, ModifyOrderIn, PlaceOrderIn
 from shared import ledger, ledger_store
 from shared.ledger import LedgerError, Order, PairRules
 from shared.money import fmt, is_multiple
@@ -35,11 +35,15 @@ from shared.timeutil import now_us
 
 log = logging.getLogger("gateway.trading")
 TOKEN_RE = r"[A-Za-z0-9_-]{1,64}"
-ORDER_FIELDS = ("token_id", "symbol", "side", "price", "quantity", "type")
-MODIFY_FIELDS = ("price", "quantity")
-DEPOSIT_FIELDS = ("asset", "amount")
+TERMINAL = frozenset({"filled", "expired", "rejected", "cancelled"})
 MAX_DEPOSIT = Decimal("1e12")
 MAX_BALANCE = Decimal("1e14")
+
+
+class FinalWatch(Protocol):
+    """Something that resolves a future with the terminal event of one order (``gateway.order_events``)."""
+
+    def watch(self, user_id: str, token_id: str) -> AbstractAsyncContextManager[asyncio.Future[dict[str, Any]]]: ...
 
 
 class _UserLocks:
@@ -128,14 +132,10 @@ def balance_view(settings: Settings, acct: ledger.Account) -> dict[str, dict[str
 
 # --- operations ----------------------------------------------------------------------------------
 
-async def deposit(redis: aioredis.Redis, settings: Settings, user_id: str, body: Any) -> dict[str, Any]:
-    obj = as_object(body, DEPOSIT_FIELDS)
-    asset = str_field(obj, "asset")
-    assert asset is not None
+async def deposit(redis: aioredis.Redis, settings: Settings, user_id: str, body: DepositIn) -> dict[str, Any]:
+    asset, amount = body.asset, body.amount
     if asset not in settings.assets:
         raise ApiError(422, "unknown_asset", f"unknown asset {asset[:20]!r}; one of {', '.join(settings.assets)}")
-    amount = decimal_field(obj, "amount")
-    assert amount is not None
     if amount > MAX_DEPOSIT:
         raise ApiError(422, "amount_too_large", f"a deposit is at most {fmt(MAX_DEPOSIT)}")
     places = asset_decimals(settings, asset)
@@ -153,49 +153,65 @@ async def get_balance(redis: aioredis.Redis, settings: Settings, user_id: str) -
     return balance_view(settings, await ledger_store.get_account(redis, user_id))
 
 
-def parse_order(settings: Settings, body: Any) -> dict[str, Any]:
-    obj = as_object(body, ORDER_FIELDS)
-    token_id = str_field(obj, "token_id", pattern=TOKEN_RE)
-    symbol = str_field(obj, "symbol")
-    assert symbol is not None
-    pair = _pair(settings, symbol)
-    side = str_field(obj, "side")
-    if side not in ("buy", "sell"):
-        raise ApiError(422, "invalid_side", "side must be 'buy' or 'sell'")
-    type_ = str_field(obj, "type", required=False, default="limit")
-    if type_ not in ("limit", "market", "ioc"):
-        raise ApiError(422, "invalid_type", "type must be 'limit', 'market' or 'ioc'")
-    if type_ == "market":
-        if obj.get("price") is not None:
+def check_order(settings: Settings, body: PlaceOrderIn) -> Pair:
+    """The rules a valid body must still meet against the configuration; returns the pair."""
+    pair = _pair(settings, body.symbol)
+    if body.type == "market":
+        if body.price is not None:
             raise ApiError(422, "invalid_field", "a market order takes no price")
-        price = None
-    else:
-        price = decimal_field(obj, "price")
-    quantity = decimal_field(obj, "quantity")
-    assert quantity is not None
-    _check_steps(pair, price, quantity)
-    return {"token_id": token_id, "pair": pair, "side": side, "type_": type_, "price": price, "quantity": quantity}
+    elif body.price is None:
+        raise ApiError(422, "missing_field", "price is required")
+    _check_steps(pair, body.price, body.quantity)
+    return pair
 
 
-async def place_order(redis: aioredis.Redis, settings: Settings, user_id: str, body: Any) -> dict[str, Any]:
-    """Validate and accept an order (status ``open``); the matcher fills it. Returns the public order."""
+async def place_order(redis: aioredis.Redis, settings: Settings, user_id: str, body: PlaceOrderIn, *,
+                      final: FinalWatch | None = None, wait_s: float = 2.0) -> dict[str, Any]:
+    """Validate and accept an order; the matcher fills it. Returns the public order.
+
+    With ``final``, a market or IOC order is answered in its final state (with a ``fills`` list): the
+    matcher's terminal event is awaited for at most ``wait_s``, then the current state is returned."""
     try:
-        p = parse_order(settings, body)
-        async with _locks.hold(user_id):
+        pair = check_order(settings, body)
+        if final is None or body.type == "limit":
+            order = await _place(redis, pair, user_id, body)
+            metrics.ORDERS.labels("placed", "").inc()
+            return order.public()
+        async with final.watch(user_id, body.token_id) as event:  # subscribed before placing: cannot be missed
+            order = await _place(redis, pair, user_id, body)
+            metrics.ORDERS.labels("placed", "").inc()
             try:
-                order = await ledger_store.place(redis, PairRules.of(p["pair"]), user_id=user_id,
-                                                 token_id=p["token_id"], side=p["side"], type_=p["type_"],
-                                                 price=p["price"], quantity=p["quantity"], now_us=now_us())
-            except LedgerError as e:
-                raise _api(e) from None
+                ev = await asyncio.wait_for(event, wait_s)
+            except TimeoutError:
+                ev = None
     except ApiError as e:
         metrics.ORDERS.labels("rejected", e.code).inc()
         log.info("order rejected: %s", e.detail, extra={"fields": {
             "event": "order_rejected", "user_id": user_id, "code": e.code, "status": e.status, "reason": e.detail,
-            "token_id": str(body.get("token_id"))[:64] if isinstance(body, dict) else None}})
+            "token_id": body.token_id}})
         raise
-    metrics.ORDERS.labels("placed", "").inc()
-    return order.public()
+    if ev is not None:
+        return {**ev["order"], "fills": ev.get("fills", [])}
+    return await _current_with_fills(redis, user_id, order)
+
+
+async def _place(redis: aioredis.Redis, pair: Pair, user_id: str, body: PlaceOrderIn) -> Order:
+    async with _locks.hold(user_id):
+        try:
+            return await ledger_store.place(redis, PairRules.of(pair), user_id=user_id, token_id=body.token_id,
+                                            side=body.side, type_=body.type, price=body.price,
+                                            quantity=body.quantity, now_us=now_us())
+        except LedgerError as e:
+            raise _api(e) from None
+
+
+async def _current_with_fills(redis: aioredis.Redis, user_id: str, placed: Order) -> dict[str, Any]:
+    order = await ledger_store.get_order(redis, user_id, placed.token_id) or placed
+    fills: list[dict[str, Any]] = []
+    if order.filled_quantity:
+        recent, _ = await ledger_store.list_fills(redis, user_id, limit=50, offset=0)
+        fills = [f.to_dict() for f in reversed(recent) if f.token_id == order.token_id]
+    return {**order.public(), "fills": fills}
 
 
 def _token(token_id: str) -> str:
@@ -222,11 +238,9 @@ async def cancel_order(redis: aioredis.Redis, settings: Settings, user_id: str, 
 
 
 async def modify_order(redis: aioredis.Redis, settings: Settings, user_id: str, token_id: str,
-                       body: Any) -> dict[str, Any]:
+                       body: ModifyOrderIn) -> dict[str, Any]:
     _token(token_id)
-    obj = as_object(body, MODIFY_FIELDS)
-    price = decimal_field(obj, "price", required=False)
-    quantity = decimal_field(obj, "quantity", required=False)
+    price, quantity = body.price, body.quantity
     if price is None and quantity is None:
         raise ApiError(422, "missing_field", "give a new price and/or quantity")
 

@@ -99,3 +99,33 @@ def ewma_data(symbol: str, exchange: str, half_life: Decimal, value: Decimal, t:
         "ts_event_us": t.ts_event_us,
         "ts_recv_us": t.ts_recv_us,
     }
+
+
+ORDER_DECIMALS = ("price", "quantity", "filled_quantity", "filled_notional", "average_price", "fee", "reserved")
+FILL_DECIMALS = ("price", "quantity", "fee")
+
+
+def _nums(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(d)
+    for k in keys:
+        v = out.get(k)
+        if isinstance(v, str):
+            out[k] = num(Decimal(v))
+    return out
+
+
+def order_data(order: dict[str, Any]) -> dict[str, Any]:
+    """A public order (decimal strings, as REST gives it) with its amounts as exact JSON numbers."""
+    out = _nums(order, ORDER_DECIMALS)
+    out.pop("user_id", None)
+    if isinstance(out.get("fills"), list):
+        out["fills"] = [_nums(f, FILL_DECIMALS) for f in out["fills"]]
+    return out
+
+
+def order_event(ev: dict[str, Any]) -> str:
+    """An order event from Redis as the ``orders`` stream pushes it."""
+    data: dict[str, Any] = {"event": ev.get("event"), "order": order_data(ev.get("order", {}))}
+    if ev.get("fills"):
+        data["fills"] = [_nums(f, FILL_DECIMALS) for f in ev["fills"]]
+    return push("order", "orders", data)

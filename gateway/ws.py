@@ -18,7 +18,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from gateway import metrics
+from gateway import metrics, strict_json
 from gateway.fanout import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
 from gateway.wsproto import MARKET_STREAMS, Spec, WsError, parse_spec, parse_topic
 from shared import tokens
@@ -237,9 +237,9 @@ class Connection:
         if len(text) > self.settings.ws.max_message_bytes:
             raise _Close(CLOSE_TOO_BIG, f"message larger than {self.settings.ws.max_message_bytes} bytes")
         try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            self.error("bad_json", "message is not valid JSON")
+            msg = strict_json.loads(text)  # exact decimals for the order actions
+        except strict_json.BadJson as e:
+            self.error("bad_json", f"message is not valid JSON: {e}")
             return
         if not isinstance(msg, dict):
             self.error("bad_message", "message must be a JSON object")

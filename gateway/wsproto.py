@@ -12,6 +12,7 @@ from shared.settings import EXCHANGES, Settings
 
 EXCHANGE_FILTERS: tuple[str, ...] = ("all", *EXCHANGES)
 MARKET_STREAMS: tuple[str, ...] = ("best_touch", "trades", "klines", "ewma")
+USER_STREAMS: tuple[str, ...] = ("orders",)  # the authenticated user's own data: no symbol, no exchange
 HALF_LIFE_MIN = Decimal("0.001")
 HALF_LIFE_MAX = Decimal(30 * 86400)
 
@@ -35,6 +36,8 @@ class Spec:
 
     @property
     def topic(self) -> str:
+        if self.stream in USER_STREAMS:
+            return self.stream
         parts = [self.stream, self.symbol, self.exchange]
         if self.interval is not None:
             parts.append(self.interval)
@@ -43,6 +46,8 @@ class Spec:
         return ":".join(parts)
 
     def describe(self) -> dict[str, Any]:
+        if self.stream in USER_STREAMS:
+            return {"topic": self.topic, "stream": self.stream}
         out: dict[str, Any] = {"topic": self.topic, "stream": self.stream, "symbol": self.symbol,
                                "exchange": self.exchange}
         if self.interval is not None:
@@ -83,6 +88,8 @@ def parse_half_life(v: Any) -> Decimal:
 
 def parse_spec(msg: dict[str, Any], settings: Settings, streams: tuple[str, ...] = MARKET_STREAMS) -> Spec:
     stream = _choice(msg, "stream", streams, "unknown_stream")
+    if stream in USER_STREAMS:
+        return Spec(stream, "", "")
     symbol = _choice(msg, "symbol", list(settings.symbols), "unknown_symbol")
     exchange = _choice(msg, "exchange", EXCHANGE_FILTERS, "unknown_exchange")
     interval = half_life = None
@@ -97,6 +104,8 @@ def parse_topic(topic: Any, settings: Settings) -> Spec:
     """A topic string as returned by the subscribe ack, back into its ``Spec``."""
     if not isinstance(topic, str) or len(topic) > 200:
         raise WsError("unknown_topic", "topic must be a string returned by subscribe")
+    if topic in USER_STREAMS:
+        return Spec(topic, "", "")
     parts = topic.split(":")
     msg: dict[str, Any] = dict(zip(("stream", "symbol", "exchange"), parts, strict=False))
     if len(parts) == 4 and parts[0] == "klines":

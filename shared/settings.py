@@ -111,6 +111,8 @@ class GatewaySettings(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # POST /orders (and the WebSocket's place_order) waits this long for a market/IOC order's final state
+    order_final_wait_s: float = Field(default=2.0, ge=0, le=30)
 
 
 class AuthSettings(_Strict):

@@ -490,8 +490,8 @@ class RawClient:
 
 async def test_slow_trades_client_is_closed_and_others_get_everything(redis_url: str, aredis: aioredis.Redis) -> None:
     feed = MdFeed(aredis)
-    n = 3000  # x 4 KB: more than the kernel's socket buffers (4 MB here) plus the queue hold
-    async with run_gateway(redis_url, **FAST, SR_WS__QUEUE_MAX="50") as base, ws_client(base, tok=token()) as fast:
+    n = 3000  # x 4 KB: more than the kernel's socket buffers (4 MB here) plus the queue (500 x 4 KB) hold
+    async with run_gateway(redis_url, **FAST, SR_WS__QUEUE_MAX="500") as base, ws_client(base, tok=token()) as fast:
         slow = await RawClient.open(base, token())
         try:
             await slow.send({"action": "subscribe", "stream": "trades", "symbol": "BTCUSDT", "exchange": "all"})

@@ -1,24 +1,30 @@
+"""``POST /deposit`` and ``GET /balance``."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-
 from gateway import trading
-from gateway.bodies import loads_strict, read_body
-from gateway.deps import CurrentUser, RedisDep, SettingsDep
-from gateway.routes._body import DECIMAL, JsonOut, json_body
+from gateway.deps import TraderDep
+from gateway.errors import error_responses
+from gateway.schemas import JsonOut, api_router
+from gateway.trading_models import BalanceOut, DepositIn
 
-router = APIRouter(tags=["account"], default_response_class=JsonOut)
-
-DEPOSIT_DOC = json_body({"asset": {"type": "string"}, "amount": DECIMAL}, ["asset", "amount"],
-                        {"asset": "USDT", "amount": 10000})
+router = api_router(tags=["account"])
 
 
-@router.post("/deposit", summary="Deposit funds; returns the new balance", openapi_extra=DEPOSIT_DOC)
-async def deposit(request: Request, user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    body = loads_strict(await read_body(request))
-    return JsonOut(await trading.deposit(redis, settings, user, body))
+@router.post(
+    "/deposit", response_model=BalanceOut, summary="Deposit funds; returns the new balance",
+    description="The asset must belong to a configured pair; the amount is positive, at most 1e12, with at most "
+                "the asset's precision in decimal places (`too_precise`).",
+    responses=error_responses(400, 401, 413, 415, 422, 503,
+                              s400="body is not valid JSON (`invalid_json`: syntax, NaN, Infinity, nesting)",
+                              s422="`unknown_asset`, `invalid_number`, `too_precise`, `amount_too_large`, "
+                                   "`unknown_field`, `missing_field`, `invalid_field`, `invalid_body`"),
+)
+async def deposit(body: DepositIn, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.deposit(t.redis, t.settings, t.user_id, body))
 
 
-@router.get("/balance", summary="Total, available and reserved amount of every asset")
-async def balance(user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.get_balance(redis, settings, user))
+@router.get("/balance", response_model=BalanceOut, summary="Total, available and reserved amount of every asset",
+            responses=error_responses(401, 503))
+async def balance(t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.get_balance(t.redis, t.settings, t.user_id))

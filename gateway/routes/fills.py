@@ -1,18 +1,23 @@
+"""``GET /fills``."""
+
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from gateway import trading
-from gateway.deps import CurrentUser, RedisDep, SettingsDep
-from gateway.routes._body import JsonOut
+from gateway.deps import TraderDep
+from gateway.errors import error_responses
+from gateway.schemas import JsonOut, api_router
+from gateway.trading_models import FillListOut
 
-router = APIRouter(tags=["orders"], default_response_class=JsonOut)
+router = api_router(tags=["orders"])
 
 
-@router.get("/fills", summary="Own executions, newest first")
-async def fills(user: CurrentUser, redis: RedisDep, settings: SettingsDep,
+@router.get("/fills", response_model=FillListOut, summary="Own executions, newest first",
+            responses=error_responses(401, 422, 503, s422="`limit` or `offset` out of range"))
+async def fills(t: TraderDep,
                 limit: Annotated[int, Query(ge=1, le=500)] = 100,
                 offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> JsonOut:
-    return JsonOut(await trading.list_fills(redis, settings, user, limit=limit, offset=offset))
+    return JsonOut(await trading.list_fills(t.redis, t.settings, t.user_id, limit=limit, offset=offset))

@@ -1,52 +1,71 @@
+"""``/orders``: place, read, list, cancel, modify."""
+
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import Path, Query
 
 from gateway import trading
-from gateway.bodies import loads_strict, read_body
-from gateway.deps import CurrentUser, RedisDep, SettingsDep
-from gateway.routes._body import DECIMAL, JsonOut, json_body
+from gateway.deps import TraderDep
+from gateway.errors import error_responses
+from gateway.schemas import JsonOut, api_router
+from gateway.trading_models import ModifyOrderIn, OrderListOut, OrderOut, PlaceOrderIn
 from shared.ledger import Status
 
-router = APIRouter(tags=["orders"], default_response_class=JsonOut)
+router = api_router(tags=["orders"])
 
-PLACE_DOC = json_body(
-    {"token_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}, "symbol": {"type": "string"},
-     "side": {"enum": ["buy", "sell"]}, "price": DECIMAL, "quantity": DECIMAL,
-     "type": {"enum": ["limit", "market", "ioc"], "default": "limit"}},
-    ["token_id", "symbol", "side", "quantity"],
-    {"token_id": "my-order-1", "symbol": "BTCUSDT", "side": "buy", "price": 50000, "quantity": 0.01})
-MODIFY_DOC = json_body({"price": DECIMAL, "quantity": DECIMAL}, [], {"price": 49000})
+TokenPath = Annotated[str, Path(description="the order's token_id")]
+S400 = "`invalid_json` (syntax, NaN, Infinity, nesting), or `insufficient_balance` (available = total - reserved)"
+S422 = ("`unknown_symbol`, `invalid_side`, `invalid_type`, `invalid_price` (tick size), `invalid_quantity` (lot "
+        "step), `below_min_notional`, `invalid_number`, `invalid_field`, `missing_field`, `unknown_field`, "
+        "`invalid_body`")
 
 
-@router.post("/orders", status_code=201, summary="Place an order (limit, market or ioc)", openapi_extra=PLACE_DOC)
-async def place(request: Request, user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.place_order(redis, settings, user, loads_strict(await read_body(request))),
-                          status_code=201)
+@router.post(
+    "/orders", status_code=201, response_model=OrderOut, summary="Place an order (limit, market or ioc)",
+    description="A limit order is answered `open` (the matcher fills it when the market reaches it). A market or "
+                "ioc order is answered in its **final state** (`filled`, `expired` or `rejected`, with `fills`): "
+                "the gateway waits up to `gateway.order_final_wait_s` (2 s) for the matcher, then answers with "
+                "the current state.",
+    responses=error_responses(400, 401, 409, 413, 415, 422, 503, s400=S400, s422=S422,
+                              s409="`duplicate_token_id`: the token_id was already used"),
+)
+async def place(body: PlaceOrderIn, t: TraderDep) -> JsonOut:
+    out = await trading.place_order(t.redis, t.settings, t.user_id, body, final=t.events,
+                                    wait_s=t.settings.gateway.order_final_wait_s)
+    return JsonOut(out, status_code=201)
 
 
-@router.get("/orders", summary="Own orders, newest first")
-async def list_orders(user: CurrentUser, redis: RedisDep, settings: SettingsDep,
+@router.get("/orders", response_model=OrderListOut, summary="Own orders, newest first",
+            responses=error_responses(401, 422, 503, s422="`status`, `limit` or `offset` out of range"))
+async def list_orders(t: TraderDep,
                       status: Status | None = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
                       offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JsonOut:
-    return JsonOut(await trading.list_orders(redis, settings, user, status=status, limit=limit, offset=offset))
+    return JsonOut(await trading.list_orders(t.redis, t.settings, t.user_id, status=status, limit=limit,
+                                             offset=offset))
 
 
-@router.get("/orders/{token_id}", summary="One of your orders")
-async def get_order(token_id: str, user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.get_order(redis, settings, user, token_id))
+@router.get("/orders/{token_id}", response_model=OrderOut, summary="One of your orders",
+            responses=error_responses(401, 404, 422, 503, s404="`order_not_found` (or another user's order)"))
+async def get_order(token_id: TokenPath, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.get_order(t.redis, t.settings, t.user_id, token_id))
 
 
-@router.delete("/orders/{token_id}", summary="Cancel an open order; releases its reservation")
-async def cancel(token_id: str, user: CurrentUser, redis: RedisDep, settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.cancel_order(redis, settings, user, token_id))
+@router.delete("/orders/{token_id}", response_model=OrderOut,
+               summary="Cancel an open order; releases its reservation",
+               responses=error_responses(401, 404, 409, 422, 503, s404="`order_not_found`",
+                                         s409="`order_not_open`: already filled, cancelled, expired or rejected"))
+async def cancel(token_id: TokenPath, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.cancel_order(t.redis, t.settings, t.user_id, token_id))
 
 
-@router.put("/orders/{token_id}", summary="New price and/or quantity of an open limit order",
-            openapi_extra=MODIFY_DOC)
-async def modify(token_id: str, request: Request, user: CurrentUser, redis: RedisDep,
-                 settings: SettingsDep) -> JsonOut:
-    return JsonOut(await trading.modify_order(redis, settings, user, token_id, loads_strict(await read_body(request))))
+@router.put("/orders/{token_id}", response_model=OrderOut,
+            summary="New price and/or quantity of an open limit order",
+            description="The reservation is swapped atomically; a marketable new price fills at once.",
+            responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503, s400=S400,
+                                      s404="`order_not_found`", s422=S422,
+                                      s409="`order_not_open` or `not_modifiable` (market/ioc)"))
+async def modify(token_id: TokenPath, body: ModifyOrderIn, t: TraderDep) -> JsonOut:
+    return JsonOut(await trading.modify_order(t.redis, t.settings, t.user_id, token_id, body))
