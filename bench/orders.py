@@ -1,8 +1,10 @@
-"""Order benchmark: ``python -m bench.orders [--clients 64] [--seconds 10] [--ticks 300]``.
+"""Order benchmark: ``python -m bench.orders [--clients 64] [--seconds 10] [--ticks 300] [--rate 1000]``.
 
-1. Throughput: one gateway process (``python -m gateway``, a real child process) and one matcher process on an
+1. Throughput (closed loop, each client waits for its answer before the next order): one gateway process (``python -m gateway``, a real child process) and one matcher process on an
    embedded redis-server; ``--clients`` concurrent keep-alive HTTP clients (one user each) POST limit orders that
    rest (they never cross) for ``--seconds``; prints accepted orders/s and p50/p99 latency.
+   Then the same clients in an open loop offering ``--rate`` orders/s on a fixed schedule: latency at that load,
+   measured from each order's scheduled send time.
 2. Tick-to-fill: a resting buy, then a crossing BBO published as an ingestor would (``ts_recv_us`` stamped at
    publish time); the time until the ``filled`` event is received by a client WebSocket subscribed to the
    ``orders`` stream (and, for comparison, on the user's Redis events channel ``orders:events:<user>``).
@@ -145,6 +147,44 @@ async def throughput(port: int, clients: int, seconds: float) -> None:
           f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
 
 
+async def offered_load(port: int, clients: int, rate: float, seconds: float) -> None:
+    """Open loop: ``clients`` connections together offer ``rate`` orders/s on a fixed schedule; each latency is
+    measured from the order's *scheduled* send time, so a slow server cannot hide its queueing (no coordinated
+    omission)."""
+    users = [f"load{i}" for i in range(clients)]
+    toks = [tokens.issue(u, SECRET, 3600) for u in users]
+    conns = [Http(port) for _ in users]
+    for c, t in zip(conns, toks, strict=True):
+        st, body = await c.request("POST", "/deposit", t, b'{"asset":"USDT","amount":1000000000}')
+        assert st == 200, body
+    lat: list[float] = []
+    accepted = 0
+    interval = clients / rate  # each connection's share of the schedule
+    start = time.perf_counter() + 0.2
+    n_per_client = int(seconds * rate / clients)
+
+    async def client(i: int) -> None:
+        nonlocal accepted
+        for n in range(n_per_client):
+            due = start + (n + i / clients) * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = orjson.dumps({"token_id": f"l{n}", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00",
+                                 "quantity": "0.001"})
+            st, _ = await conns[i].request("POST", "/orders", toks[i], body)
+            lat.append((time.perf_counter() - due) * 1000)
+            accepted += st == 201
+
+    await asyncio.gather(*[client(i) for i in range(clients)])
+    elapsed = time.perf_counter() - start
+    for c in conns:
+        await c.close()
+    print(f"orders at an offered {rate:,.0f}/s over {clients} connections ({elapsed:.1f}s): {accepted} accepted "
+          f"({accepted / elapsed:,.0f}/s); latency from scheduled send p50 {pct(lat, 50):.1f} ms, "
+          f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+
+
 async def tick_to_fill(port: int, r: aioredis.Redis, ticks: int) -> None:
     """Crossing tick's ``ts_recv_us`` -> the ``filled`` event received by a client WebSocket (and, for
     comparison, on the user's Redis events channel, read at the same time)."""
@@ -207,6 +247,7 @@ async def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ticks", type=int, default=300)
+    ap.add_argument("--rate", type=float, default=1000.0, help="offered orders/s of the open-loop phase (0: skip)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         srv = EmbeddedRedis(tmp).start()
@@ -222,6 +263,8 @@ async def main() -> None:
             await wait_port(port)
             await asyncio.sleep(0.5)
             await throughput(port, args.clients, args.seconds)
+            if args.rate > 0:
+                await offered_load(port, args.clients, args.rate, args.seconds)
             await tick_to_fill(port, r, args.ticks)
         finally:
             stop.set()

@@ -279,7 +279,7 @@ async def test_final_state_falls_back_when_the_matcher_is_slow(redis_url: str) -
 
 async def test_slow_client_is_closed_never_loses_an_order_event(redis_url: str, aredis: aioredis.Redis) -> None:
     n = 3000  # x 4 KB: more than the kernel's socket buffers plus the queue hold
-    async with run_gateway(redis_url, SR_WS__QUEUE_HARD_MAX="100") as base, ws_client(base, tok=token("u1")) as fast:
+    async with run_gateway(redis_url, SR_WS__QUEUE_HARD_MAX="500") as base, ws_client(base, tok=token("u1")) as fast:
         slow = await RawClient.open(base, token("u1"))
         try:
             await slow.send({"action": "subscribe", "stream": "orders"})
