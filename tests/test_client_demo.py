@@ -80,3 +80,34 @@ def test_demo_fails_against_nothing() -> None:
     r = run_module(["client.demo", "--url", f"http://127.0.0.1:{free_port()}", "--wait", "0.5"], timeout=60)
     assert r.returncode == 1
     assert "does not answer" in r.stdout
+
+
+def test_cli_watch_orders_and_balance(system: str) -> None:
+    creds = {"SR_USER": "cli_user", "SR_PASSWORD": "cli password 1"}
+    r = run_module(["client", "watch", "best_touch", "BTCUSDT", "ETHUSDT", "--exchange", "all", "--url", system,
+                    "--register", "--count", "4", "--seconds", "60"], **creds)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("(update ") == 4
+    assert "bid" in r.stdout and "ask" in r.stdout and "BTCUSDT" in r.stdout
+
+    r = run_module(["client", "watch", "trades", "ETHUSDT", "--exchange", "okx", "--url", system, "--count", "3",
+                    "--seconds", "60"], **creds)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert r.stdout.count("(update 3,") == 1 and "okx" in r.stdout
+
+    r = run_module(["client", "watch", "klines", "BTCUSDT", "--interval", "1s", "--url", system, "--count", "2"],
+                   **creds)
+    assert r.returncode == 0 and "1s" in r.stdout, r.stderr[-2000:]
+
+    r = run_module(["client", "balance", "--url", system, "--count", "2", "--every", "0.1"], **creds)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "USDT" in r.stdout and "available" in r.stdout and r.stdout.count("(update ") == 2
+
+    r = run_module(["client", "orders", "--url", system, "--count", "1"], **creds)
+    assert r.returncode == 0 and "0 of 0 orders" in r.stdout, r.stdout + r.stderr
+
+    r = run_module(["client", "balance", "--url", system, "--count", "1"], SR_USER="cli_user", SR_PASSWORD="wrong pw 1")
+    assert r.returncode == 1 and "invalid_credentials" in r.stderr
+
+    r = run_module(["client", "watch", "best_touch", "NOPE", "--url", system, "--count", "1"], **creds)
+    assert r.returncode == 1 and "unknown_symbol" in r.stderr
