@@ -323,7 +323,9 @@ class Stream:
         finally:
             self._pending.pop(rid, None)
         if reply.get("type") == "error":
-            raise ApiError(None, str(reply.get("code", "error")), str(reply.get("message", "")))
+            status = reply.get("status")
+            raise ApiError(status if isinstance(status, int) else None, str(reply.get("code", "error")),
+                           str(reply.get("message", reply.get("detail", ""))))
         return reply
 
     async def ping(self) -> Json:
@@ -395,7 +397,9 @@ class Stream:
             fut, sub = self._pending[rid]
             if sub is not None and msg.get("type") == "ack":
                 # registered here, before the snapshot that follows the ack is read
-                sub.topic, sub.ack = msg.get("topic"), msg
+                # the user's own streams (no symbol) may be acked without a topic: their pushes carry the stream name
+                sub.topic = msg.get("topic") or (None if "symbol" in sub.request else sub.request.get("stream"))
+                sub.ack = msg
                 if sub.topic:
                     self._subs[sub.topic] = sub
             if not fut.done():
@@ -414,7 +418,12 @@ class Stream:
         err: ConnectionClosed | None = None
         try:
             async for text in self.conn:
-                self._dispatch(loads(text))
+                try:
+                    msg = loads(text)
+                except ValueError:
+                    continue  # not JSON: nothing to route it to
+                if isinstance(msg, dict):
+                    self._dispatch(msg)
         except ConnectionClosed as e:
             err = e
         finally:
@@ -439,7 +448,7 @@ def _json_number(v: Number) -> int | float:
 
 
 def _order_of(reply: Json) -> Order:
-    o = reply.get("order") or reply.get("data")
+    o = reply.get("order") or reply.get("data") or (reply if "token_id" in reply and "status" in reply else None)
     if isinstance(o, dict) and "order" in o and "token_id" not in o:
         o = o["order"]
     if not isinstance(o, dict):
