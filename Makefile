@@ -28,8 +28,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-demo: $(STAMP)
-	$(BIN)/python -m client.demo
+demo: $(STAMP)  # against a running `make run FEED=sim` (same PORT)
+	$(BIN)/python -m client.demo --url http://127.0.0.1:$(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest

@@ -1,1 +1,24 @@
-"""Python SDK for Simple Router's REST and WebSocket API."""
+"""Python SDK for Simple Router's REST and WebSocket API (``docs/client.md``)."""
+
+from client.models import (
+    Balance,
+    BestTouch,
+    Ewma,
+    Fill,
+    Info,
+    Kline,
+    Message,
+    Order,
+    OrderEvent,
+    Page,
+    SymbolInfo,
+    Trade,
+    User,
+)
+from client.sdk import ApiError, SimpleRouterClient, Stream, StreamClosed, Subscription
+from client.sync import SyncClient
+
+__all__ = [
+    "ApiError", "Balance", "BestTouch", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page",
+    "SimpleRouterClient", "Stream", "StreamClosed", "Subscription", "SymbolInfo", "SyncClient", "Trade", "User",
+]
