@@ -58,7 +58,7 @@ def run_module(args: list[str], timeout: float = 120, **env: str) -> subprocess.
 
 @pytest.mark.timeout(240)
 def test_demo_end_to_end(system: str, tmp_path: Path) -> None:
-    r = run_module(["client.demo", "--url", system, "--timeout", "100"])
+    r = run_module(["client.demo", "--url", system, "--timeout", "100", "--strict"])
     out = r.stdout
     (tmp_path / "demo.out").write_text(out + r.stderr)
     assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
@@ -72,8 +72,7 @@ def test_demo_end_to_end(system: str, tmp_path: Path) -> None:
                       *(f"klines:BTCUSDT:{ex}:{iv}" for iv in ("1s", "10s", "1m", "5m"))):
             assert f"  {topic}" in out, topic
     assert "-> filled" in out and "-> expired" in out and "-> cancelled" in out
-    # WebSocket order actions: ok once the gateway has them, skipped (not failed) before
-    assert ("[ok] orders over WebSocket" in out) or ("[skip] orders over WebSocket" in out)
+    assert "[ok] orders over WebSocket" in out and "[skip]" not in out
 
 
 def test_demo_fails_against_nothing() -> None:
