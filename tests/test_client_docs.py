@@ -1,4 +1,4 @@
-"""Every Python example of docs/client.md runs, as its own program, against a real gateway with market data."""
+"""Every Python example of docs/client.md and README.md runs, as its own program, against a real gateway with market data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from shared.settings import ROOT
 from tests.client_helpers import running_system
 
-DOC = ROOT / "docs" / "client.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+DOCS = (ROOT / "docs" / "client.md", ROOT / "README.md")
+BLOCKS = [b for doc in DOCS for b in re.findall(r"^```python\n(.*?)^```", doc.read_text(), flags=re.S | re.M)]
 
 
 def test_the_doc_has_examples() -> None:
