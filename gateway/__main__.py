@@ -3,6 +3,7 @@ import sys
 import uvicorn
 
 from gateway.app import GatewayConfigError, check_settings
+from gateway.wsserver import UVICORN_WS_OPTIONS
 from shared.logs import setup_logging
 from shared.settings import get_settings
 
@@ -20,5 +21,5 @@ uvicorn.run(
     port=settings.gateway.port,
     workers=settings.gateway.workers,
     log_level=settings.log.level.lower(),
-    ws_max_size=64 * 1024,
+    **UVICORN_WS_OPTIONS,
 )

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from gateway.fanout import ClientQueue
 from gateway.wsproto import MARKET_STREAMS, Spec, WsError, parse_spec, parse_topic
+from gateway.wsserver import frame_sink
 from shared import tokens
 from shared.settings import Settings
 from shared.timeutil import now_us
@@ -85,7 +86,6 @@ class Connection:
         self.queue.direct = self._send  # the naive benchmark variant sends without the queue
         self.user_id: str | None = None
         self.subs: dict[str, Closable] = {}
-        self._sending = False
         self._allowance = 2 * cfg.rate_per_s
         self._last_refill = time.monotonic()
 
@@ -115,6 +115,9 @@ class Connection:
 
     async def run(self) -> None:
         await self.ws.accept()
+        sink = frame_sink(self.ws.scope)
+        if sink is not None:  # frames go straight to the socket; the writer task only waits
+            self.queue.attach(sink)
         writer = asyncio.create_task(self._writer())
         reader = asyncio.create_task(self._reader())
         failed = asyncio.create_task(self.queue.failed_event.wait())
@@ -144,20 +147,14 @@ class Connection:
             self.subs.clear()
 
     async def _drained(self) -> None:
-        while len(self.queue) or self._sending:  # noqa: ASYNC110 - bounded by the caller, only before a close
+        while not self.queue.idle:  # noqa: ASYNC110 - bounded by the caller, only before a close
             await asyncio.sleep(0.01)
 
     async def _send(self, frame: str) -> None:
         await self.ws.send_text(frame)
 
     async def _writer(self) -> None:
-        while True:
-            frame = await self.queue.get()
-            if frame is None:
-                return
-            self._sending = True
-            await self.ws.send_text(frame)
-            self._sending = False
+        await self.queue.pump(self.ws.send_text)
 
     async def _reader(self) -> _Close | None:
         """Returns why to close the connection, or None once the client has gone."""
