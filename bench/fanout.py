@@ -107,8 +107,66 @@ async def _publish(redis_url: str, symbols: list[str], rate: float, stop: Any) -
 # -- load clients ----------------------------------------------------------------------------------------
 
 
-def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
-    asyncio.run(_load(url, n, offset, symbols, cmds, results))
+def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any,
+                 kind: str = "raw") -> None:
+    if kind == "raw":
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_load_raw(url, n, offset, symbols, cmds, results))
+        else:
+            uvloop.run(_load_raw(url, n, offset, symbols, cmds, results))
+    else:
+        asyncio.run(_load(url, n, offset, symbols, cmds, results))
+
+
+async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+    """Load clients on ``bench.rawws``: frames parsed by hand, only sampled payloads looked into."""
+    import orjson
+
+    from bench import rawws
+
+    st = rawws.Stats(4)
+    conns: list[rawws.RawClient] = []
+    sem = asyncio.Semaphore(50)
+
+    async def client(i: int) -> None:
+        tok = tokens.issue(f"bench{i}", SECRET, 3600)
+        sym = symbols[i % len(symbols)]
+        async with sem:
+            try:
+                c = await rawws.connect(f"{url}?token={tok}", st)
+            except Exception:  # noqa: BLE001 - counted, not fatal
+                st.closed += 1
+                return
+            conns.append(c)
+            for stream in ("best_touch", "trades"):
+                c.send_text(orjson.dumps({"action": "subscribe", "stream": stream, "symbol": sym,
+                                          "exchange": "all"}).decode())
+        await c.done
+        st.closed += 1
+
+    tasks = [asyncio.create_task(client(offset + i)) for i in range(n)]
+    loop = asyncio.get_running_loop()
+    while len(conns) + st.closed < n:  # noqa: ASYNC110 - a simple start-up poll
+        await asyncio.sleep(0.1)
+    results.put(("ready", offset))
+    t0 = cpu0 = 0.0
+    while True:
+        cmd = await loop.run_in_executor(None, cmds.get)
+        if cmd == "start":
+            st.count, st.lat, st.on = 0, [], True
+            t0, cpu0 = time.monotonic(), _self_cpu()
+        elif cmd == "stop":
+            st.on = False
+            results.put(("stats", {"count": st.count, "lat": st.lat, "secs": time.monotonic() - t0,
+                                   "cpu": _self_cpu() - cpu0, "closed": st.closed}))
+        else:
+            break
+    for c in conns:
+        c.close()
+    for t in tasks:
+        t.cancel()
 
 
 async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
@@ -204,6 +262,12 @@ def proc_usage(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+def machine_busy() -> float:
+    """CPU seconds spent by the whole machine (every process, ours or not) since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / CLK
+
+
 def start_gateway(redis_url: str, variant: str, workers: int, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING",
            "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000"}
@@ -242,11 +306,11 @@ def pct(xs: list[int], q: float) -> float:
 
 
 def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, symbols: list[str], n: int,
-              rates: list[float], procs: int, warmup: float, measure: float) -> list[dict[str, Any]]:
+              rates: list[float], procs: int, warmup: float, measure: float, kind: str) -> list[dict[str, Any]]:
     cmds = [ctx.Queue() for _ in range(procs)]
     results = ctx.Queue()
     per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-    loaders = [ctx.Process(target=load_process, args=(url, per[i], sum(per[:i]), symbols, cmds[i], results),
+    loaders = [ctx.Process(target=load_process, args=(url, per[i], sum(per[:i]), symbols, cmds[i], results, kind),
                            daemon=True) for i in range(procs) if per[i]]
     for p in loaders:
         p.start()
@@ -260,6 +324,7 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             pub.start()
             time.sleep(warmup)
             cpu0, _ = proc_usage(gw.pid)
+            box0 = machine_busy()
             t0 = time.monotonic()
             for q in cmds[:len(loaders)]:
                 q.put("start")
@@ -267,6 +332,7 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             for q in cmds[:len(loaders)]:
                 q.put("stop")
             cpu1, rss = proc_usage(gw.pid)
+            box1 = machine_busy()
             secs = time.monotonic() - t0
             stats = [results.get(timeout=60)[1] for _ in loaders]
             stop.set()
@@ -276,7 +342,7 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             gcpu = cpu1 - cpu0
             out.append({"clients": n, "rate": rate, "msgs_s": count / secs, "p50_ms": pct(lat, 0.5),
                         "p99_ms": pct(lat, 0.99), "gw_cpu_s": gcpu / secs, "msgs_per_cpu_s": count / gcpu if gcpu else 0,
-                        "client_cpu_s": sum(s["cpu"] for s in stats) / secs, "gw_rss_mb": rss / 2**20,
+                        "client_cpu_s": sum(s["cpu"] for s in stats) / secs, "box_cpu_s": (box1 - box0) / secs, "gw_rss_mb": rss / 2**20,
                         "dropped": sum(s["closed"] for s in stats)})
             time.sleep(1.0)
     finally:
@@ -290,11 +356,11 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
 
 
 def soak(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, symbols: list[str], n: int,
-         procs: int, seconds: float) -> None:
+         procs: int, seconds: float, kind: str) -> None:
     cmds = [ctx.Queue() for _ in range(procs)]
     results = ctx.Queue()
     per = [n // procs] * procs
-    loaders = [ctx.Process(target=load_process, args=(url, per[i], i * per[0], symbols, cmds[i], results),
+    loaders = [ctx.Process(target=load_process, args=(url, per[i], i * per[0], symbols, cmds[i], results, kind),
                            daemon=True) for i in range(procs)]
     for p in loaders:
         p.start()
@@ -325,6 +391,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="load-client processes")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--measure", type=float, default=8.0)
+    ap.add_argument("--client", default="raw", choices=("raw", "websockets"),
+                    help="load client: raw (bench.rawws, ~1 us/msg) or the websockets library")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
     args = ap.parse_args()
 
@@ -339,7 +407,7 @@ def main() -> None:
             redis_url = srv.url
         try:
             print(f"cores={os.cpu_count()} gateway workers={args.workers} load processes={args.procs} "
-                  f"symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
+                  f"client={args.client} symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
             rows = []
             for variant in args.variants.split(","):
                 port = free_port()
@@ -347,12 +415,13 @@ def main() -> None:
                 url = f"ws://127.0.0.1:{port}/ws"
                 try:
                     if args.soak:
-                        soak(ctx, url, gw, redis_url, symbols, int(args.clients.split(",")[0]), args.procs, args.soak)
+                        soak(ctx, url, gw, redis_url, symbols, int(args.clients.split(",")[0]), args.procs, args.soak,
+                             args.client)
                         continue
                     for n in (int(x) for x in args.clients.split(",")):
                         for row in run_phase(ctx, url, gw, redis_url, symbols, n,
                                              [float(x) for x in args.rates.split(",")], args.procs, args.warmup,
-                                             args.measure):
+                                             args.measure, args.client):
                             row["variant"] = variant
                             rows.append(row)
                             print(fmt_row(row), flush=True)
@@ -365,14 +434,14 @@ def main() -> None:
                 srv.stop()
 
 
-HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "msgs/CPU-s", "client CPU", "gw RSS MB",
-        "dropped")
+HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "msgs/CPU-s", "client CPU", "box CPU",
+        "gw RSS MB", "dropped")
 
 
 def fmt_row(r: dict[str, Any]) -> str:
     return (f"{r['variant']:>6} {r['clients']:>6} {r['rate']:>4.0f}x {r['msgs_s']:>9.0f} {r['p50_ms']:>8.1f} "
             f"{r['p99_ms']:>8.1f} {r['gw_cpu_s']:>6.2f} {r['msgs_per_cpu_s']:>10.0f} {r['client_cpu_s']:>6.2f} "
-            f"{r['gw_rss_mb']:>7.0f} {r['dropped']:>5}")
+            f"{r['box_cpu_s']:>6.2f} {r['gw_rss_mb']:>7.0f} {r['dropped']:>5}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -380,7 +449,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"| {r['variant']} | {r['clients']} | {r['rate']:.0f}x | {r['msgs_s']:.0f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['gw_cpu_s']:.2f} | {r['msgs_per_cpu_s']:.0f} | {r['client_cpu_s']:.2f} | "
-                     f"{r['gw_rss_mb']:.0f} | {r['dropped']} |")
+                     f"{r['box_cpu_s']:.2f} | {r['gw_rss_mb']:.0f} | {r['dropped']} |")
     return "\n".join(lines)
 
 

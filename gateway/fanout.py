@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -169,13 +170,40 @@ class _Slot:
         self.frame = frame
 
 
+class _Flusher:
+    """Per event loop: one ``call_soon`` flushes every queue that got frames during this loop turn."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[ClientQueue] = []
+        self.scheduled = False
+
+    def add(self, q: ClientQueue) -> None:
+        self.dirty.append(q)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for q in dirty:
+            try:
+                q._flush()
+            except Exception:  # one broken connection must not stop the others' frames
+                log.exception("flushing a client queue failed")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
+
+
 class ClientQueue:
     """The outgoing frames of one client; appends never block.
 
     Frames are WebSocket frames (``gateway.wsframe``), usually built once per topic and shared by every
     subscriber; a ``str`` or JSON ``bytes`` given to a ``put_*`` is framed here. With a sink attached
     (``attach``) the pending frames are written in one ``write_frames`` per event-loop turn, straight
-    from a ``call_soon`` callback: no task, no ASGI message per frame. Without one, ``pump`` is the
+    from one ``call_soon`` per loop turn for all queues: no task, no ASGI message per frame. Without one, ``pump`` is the
     connection's writer task and sends each frame through ASGI ``send_text``.
     """
 
@@ -187,8 +215,8 @@ class ClientQueue:
         self._strict = 0
         self._ready = asyncio.Event()
         self._sink: Sink | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_handle: asyncio.Handle | None = None
+        self._flusher: _Flusher | None = None
+        self._flush_pending = False
         self._sending = False
         self._stalled = False
         self.failed: tuple[int, str] | None = None
@@ -207,7 +235,8 @@ class ClientQueue:
     def attach(self, sink: Sink) -> None:
         """Write frames straight to ``sink`` from now on (call from the event loop's thread)."""
         self._sink = sink
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self._flusher = _flushers.get(loop) or _flushers.setdefault(loop, _Flusher(loop))
         sink.on_resume = self._resumed
         if self._q:
             self._wake()
@@ -215,9 +244,10 @@ class ClientQueue:
     def _wake(self) -> None:
         if self._sink is None:
             self._ready.set()
-        elif self._flush_handle is None and not self._stalled:
-            assert self._loop is not None
-            self._flush_handle = self._loop.call_soon(self._flush)
+        elif not self._flush_pending and not self._stalled:
+            assert self._flusher is not None
+            self._flush_pending = True
+            self._flusher.add(self)
 
     def _take(self) -> list[bytes]:
         frames = [e.frame if type(e) is _Slot else e for e in self._q]  # type: ignore[union-attr]
@@ -227,7 +257,7 @@ class ClientQueue:
         return frames  # type: ignore[return-value]
 
     def _flush(self) -> None:
-        self._flush_handle = None
+        self._flush_pending = False
         sink = self._sink
         if self.failed or not self._q or sink is None:
             return
@@ -252,7 +282,7 @@ class ClientQueue:
             self._fail(code, f"client too slow: {len(self._q)} messages pending")
             return
         self._q.append(item)
-        if self._flush_handle is None:
+        if not self._flush_pending:
             self._wake()
 
     def _fail(self, code: int, reason: str) -> None:
