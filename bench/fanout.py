@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,7 +110,9 @@ async def _publish(redis_url: str, symbols: list[str], rate: float, stop: Any) -
 
 def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any,
                  kind: str = "raw") -> None:
-    if kind == "raw":
+    if kind == "node":
+        _load_node(url, n, offset, symbols, cmds, results)
+    elif kind == "raw":
         try:
             import uvloop
         except ImportError:
@@ -118,6 +121,59 @@ def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, r
             uvloop.run(_load_raw(url, n, offset, symbols, cmds, results))
     else:
         asyncio.run(_load(url, n, offset, symbols, cmds, results))
+
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def node_ready() -> bool:
+    """True when ``node`` can run ``bench/loadclient.js``: installs ``ws`` into the git-ignored
+    ``bench/node_modules`` on first use (needs npm and the npm registry)."""
+    if shutil.which("node") is None:
+        return False
+    if (BENCH_DIR / "node_modules" / "ws" / "package.json").exists():
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        return False
+    print("installing the ws package for the Node.js load clients into bench/node_modules", flush=True)
+    r = subprocess.run([npm, "install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund",
+                        "--prefix", str(BENCH_DIR), "ws@8"], capture_output=True, timeout=300, check=False)
+    return r.returncode == 0 and (BENCH_DIR / "node_modules" / "ws").exists()
+
+
+def _load_node(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+    """Relays the commands to ``node bench/loadclient.js`` (n clients) and its stats back."""
+    import orjson
+
+    with tempfile.NamedTemporaryFile("w", suffix=".tokens") as f:
+        f.write("\n".join(tokens.issue(f"bench{offset + i}", SECRET, 3600) for i in range(n)))
+        f.flush()
+        proc = subprocess.Popen(["node", str(BENCH_DIR / "loadclient.js"), url, str(n), str(offset),
+                                 ",".join(symbols), f.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            while True:
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("node load client exited")
+                if orjson.loads(line)["type"] == "ready":
+                    break
+            results.put(("ready", offset))
+            while True:
+                cmd = cmds.get()
+                proc.stdin.write(f"{cmd}\n".encode())
+                proc.stdin.flush()
+                if cmd == "stop":
+                    msg = orjson.loads(proc.stdout.readline())
+                    results.put(("stats", {k: msg[k] for k in ("count", "lat", "secs", "cpu", "closed")}))
+                elif cmd != "start":
+                    break
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
 
 
 async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
@@ -251,15 +307,16 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def proc_usage(pid: int) -> tuple[float, int]:
-    """CPU seconds and RSS bytes of a process and its descendants."""
-    cpu, rss = 0.0, 0
+def proc_usage(pid: int) -> tuple[float, int, float]:
+    """CPU seconds, RSS bytes and system (kernel) CPU seconds of a process and its descendants."""
+    cpu, rss, sys_ = 0.0, 0, 0.0
     for p in _tree(pid):
         with contextlib.suppress(OSError):
             f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             cpu += (int(f[11]) + int(f[12])) / CLK
+            sys_ += int(f[12]) / CLK
             rss += int(f[21]) * PAGE
-    return cpu, rss
+    return cpu, rss, sys_
 
 
 def machine_busy() -> float:
@@ -323,7 +380,7 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             pub = ctx.Process(target=publisher, args=(redis_url, symbols, rate, stop), daemon=True)
             pub.start()
             time.sleep(warmup)
-            cpu0, _ = proc_usage(gw.pid)
+            cpu0, _, sys0 = proc_usage(gw.pid)
             box0 = machine_busy()
             t0 = time.monotonic()
             for q in cmds[:len(loaders)]:
@@ -331,7 +388,7 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             time.sleep(measure)
             for q in cmds[:len(loaders)]:
                 q.put("stop")
-            cpu1, rss = proc_usage(gw.pid)
+            cpu1, rss, sys1 = proc_usage(gw.pid)
             box1 = machine_busy()
             secs = time.monotonic() - t0
             stats = [results.get(timeout=60)[1] for _ in loaders]
@@ -341,7 +398,8 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             count = sum(s["count"] for s in stats)
             gcpu = cpu1 - cpu0
             out.append({"clients": n, "rate": rate, "msgs_s": count / secs, "p50_ms": pct(lat, 0.5),
-                        "p99_ms": pct(lat, 0.99), "gw_cpu_s": gcpu / secs, "msgs_per_cpu_s": count / gcpu if gcpu else 0,
+                        "p99_ms": pct(lat, 0.99), "gw_cpu_s": gcpu / secs,
+                        "gw_sys_pct": 100 * (sys1 - sys0) / gcpu if gcpu else 0, "msgs_per_cpu_s": count / gcpu if gcpu else 0,
                         "client_cpu_s": sum(s["cpu"] for s in stats) / secs, "box_cpu_s": (box1 - box0) / secs, "gw_rss_mb": rss / 2**20,
                         "dropped": sum(s["closed"] for s in stats)})
             time.sleep(1.0)
@@ -391,11 +449,14 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=4, help="load-client processes")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--measure", type=float, default=8.0)
-    ap.add_argument("--client", default="raw", choices=("raw", "websockets"),
-                    help="load client: raw (bench.rawws, ~1 us/msg) or the websockets library")
+    ap.add_argument("--client", default="raw", choices=("raw", "node", "websockets"),
+                    help="load client: raw (bench.rawws, the cheapest measured), node (bench/loadclient.js on the "
+                         "ws package, installed on first use) or the websockets library")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
     args = ap.parse_args()
 
+    if args.client == "node" and not node_ready():
+        raise SystemExit("node, npm or the ws package is not available: use --client raw (the default)")
     settings = load_settings(env={})
     symbols = list(settings.symbols)
     ctx = mp.get_context("spawn")
@@ -434,13 +495,13 @@ def main() -> None:
                 srv.stop()
 
 
-HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "msgs/CPU-s", "client CPU", "box CPU",
+HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "gw sys %", "msgs/CPU-s", "client CPU", "box CPU",
         "gw RSS MB", "dropped")
 
 
 def fmt_row(r: dict[str, Any]) -> str:
     return (f"{r['variant']:>6} {r['clients']:>6} {r['rate']:>4.0f}x {r['msgs_s']:>9.0f} {r['p50_ms']:>8.1f} "
-            f"{r['p99_ms']:>8.1f} {r['gw_cpu_s']:>6.2f} {r['msgs_per_cpu_s']:>10.0f} {r['client_cpu_s']:>6.2f} "
+            f"{r['p99_ms']:>8.1f} {r['gw_cpu_s']:>6.2f} {r['gw_sys_pct']:>4.0f} {r['msgs_per_cpu_s']:>10.0f} {r['client_cpu_s']:>6.2f} "
             f"{r['box_cpu_s']:>6.2f} {r['gw_rss_mb']:>7.0f} {r['dropped']:>5}")
 
 
@@ -448,7 +509,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['clients']} | {r['rate']:.0f}x | {r['msgs_s']:.0f} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['gw_cpu_s']:.2f} | {r['msgs_per_cpu_s']:.0f} | {r['client_cpu_s']:.2f} | "
+                     f"{r['p99_ms']:.1f} | {r['gw_cpu_s']:.2f} | {r['gw_sys_pct']:.0f} | {r['msgs_per_cpu_s']:.0f} | {r['client_cpu_s']:.2f} | "
                      f"{r['box_cpu_s']:.2f} | {r['gw_rss_mb']:.0f} | {r['dropped']} |")
     return "\n".join(lines)
 
