@@ -325,10 +325,15 @@ def machine_busy() -> float:
     return (sum(f[:8]) - f[3] - f[4]) / CLK
 
 
-def start_gateway(redis_url: str, variant: str, workers: int, port: int) -> subprocess.Popen[bytes]:
+def start_gateway(redis_url: str, variant: str, workers: int, port: int, server: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING",
            "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, start_new_session=True)
+    cmd = [sys.executable, "-m", "gateway"]
+    if server != "frames":  # one of uvicorn's own implementations, everything else as python -m gateway
+        cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers), "--ws", server, "--ws-max-size", str(64 * 1024),
+               "--ws-per-message-deflate", "false", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
@@ -452,6 +457,9 @@ def main() -> None:
     ap.add_argument("--client", default="raw", choices=("raw", "node", "websockets"),
                     help="load client: raw (bench.rawws, the cheapest measured), node (bench/loadclient.js on the "
                          "ws package, installed on first use) or the websockets library")
+    ap.add_argument("--server", default="frames", choices=("frames", "websockets-sansio", "websockets", "wsproto"),
+                    help="uvicorn WebSocket implementation: frames (the gateway's own, gateway.wsserver) or one of "
+                         "uvicorn's (then frames go through ASGI send_text)")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
     args = ap.parse_args()
 
@@ -468,11 +476,11 @@ def main() -> None:
             redis_url = srv.url
         try:
             print(f"cores={os.cpu_count()} gateway workers={args.workers} load processes={args.procs} "
-                  f"client={args.client} symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
+                  f"client={args.client} ws server={args.server} symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
             rows = []
             for variant in args.variants.split(","):
                 port = free_port()
-                gw = start_gateway(redis_url, variant, args.workers, port)
+                gw = start_gateway(redis_url, variant, args.workers, port, args.server)
                 url = f"ws://127.0.0.1:{port}/ws"
                 try:
                     if args.soak:
