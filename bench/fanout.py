@@ -451,7 +451,8 @@ def main() -> None:
     ap.add_argument("--rates", default="1,10", help="multiples of the captures' rates")
     ap.add_argument("--variants", default="hub,naive")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gateway worker processes")
-    ap.add_argument("--procs", type=int, default=4, help="load-client processes")
+    ap.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2),
+                    help="load-client processes (default: one per core, at least 2)")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--measure", type=float, default=8.0)
     ap.add_argument("--client", default="raw", choices=("raw", "node", "websockets"),
