@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,8 +108,121 @@ async def _publish(redis_url: str, symbols: list[str], rate: float, stop: Any) -
 # -- load clients ----------------------------------------------------------------------------------------
 
 
-def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
-    asyncio.run(_load(url, n, offset, symbols, cmds, results))
+def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any,
+                 kind: str = "raw") -> None:
+    if kind == "node":
+        _load_node(url, n, offset, symbols, cmds, results)
+    elif kind == "raw":
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_load_raw(url, n, offset, symbols, cmds, results))
+        else:
+            uvloop.run(_load_raw(url, n, offset, symbols, cmds, results))
+    else:
+        asyncio.run(_load(url, n, offset, symbols, cmds, results))
+
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def node_ready() -> bool:
+    """True when ``node`` can run ``bench/loadclient.js``: installs ``ws`` into the git-ignored
+    ``bench/node_modules`` on first use (needs npm and the npm registry)."""
+    if shutil.which("node") is None:
+        return False
+    if (BENCH_DIR / "node_modules" / "ws" / "package.json").exists():
+        return True
+    npm = shutil.which("npm")
+    if npm is None:
+        return False
+    print("installing the ws package for the Node.js load clients into bench/node_modules", flush=True)
+    r = subprocess.run([npm, "install", "--no-save", "--no-package-lock", "--no-audit", "--no-fund",
+                        "--prefix", str(BENCH_DIR), "ws@8"], capture_output=True, timeout=300, check=False)
+    return r.returncode == 0 and (BENCH_DIR / "node_modules" / "ws").exists()
+
+
+def _load_node(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+    """Relays the commands to ``node bench/loadclient.js`` (n clients) and its stats back."""
+    import orjson
+
+    with tempfile.NamedTemporaryFile("w", suffix=".tokens") as f:
+        f.write("\n".join(tokens.issue(f"bench{offset + i}", SECRET, 3600) for i in range(n)))
+        f.flush()
+        proc = subprocess.Popen(["node", str(BENCH_DIR / "loadclient.js"), url, str(n), str(offset),
+                                 ",".join(symbols), f.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            while True:
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("node load client exited")
+                if orjson.loads(line)["type"] == "ready":
+                    break
+            results.put(("ready", offset))
+            while True:
+                cmd = cmds.get()
+                proc.stdin.write(f"{cmd}\n".encode())
+                proc.stdin.flush()
+                if cmd == "stop":
+                    msg = orjson.loads(proc.stdout.readline())
+                    results.put(("stats", {k: msg[k] for k in ("count", "lat", "secs", "cpu", "closed")}))
+                elif cmd != "start":
+                    break
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+    """Load clients on ``bench.rawws``: frames parsed by hand, only sampled payloads looked into."""
+    import orjson
+
+    from bench import rawws
+
+    st = rawws.Stats(4)
+    conns: list[rawws.RawClient] = []
+    sem = asyncio.Semaphore(50)
+
+    async def client(i: int) -> None:
+        tok = tokens.issue(f"bench{i}", SECRET, 3600)
+        sym = symbols[i % len(symbols)]
+        async with sem:
+            try:
+                c = await rawws.connect(f"{url}?token={tok}", st)
+            except Exception:  # noqa: BLE001 - counted, not fatal
+                st.closed += 1
+                return
+            conns.append(c)
+            for stream in ("best_touch", "trades"):
+                c.send_text(orjson.dumps({"action": "subscribe", "stream": stream, "symbol": sym,
+                                          "exchange": "all"}).decode())
+        await c.done
+        st.closed += 1
+
+    tasks = [asyncio.create_task(client(offset + i)) for i in range(n)]
+    loop = asyncio.get_running_loop()
+    while len(conns) + st.closed < n:  # noqa: ASYNC110 - a simple start-up poll
+        await asyncio.sleep(0.1)
+    results.put(("ready", offset))
+    t0 = cpu0 = 0.0
+    while True:
+        cmd = await loop.run_in_executor(None, cmds.get)
+        if cmd == "start":
+            st.count, st.lat, st.on = 0, [], True
+            t0, cpu0 = time.monotonic(), _self_cpu()
+        elif cmd == "stop":
+            st.on = False
+            results.put(("stats", {"count": st.count, "lat": st.lat, "secs": time.monotonic() - t0,
+                                   "cpu": _self_cpu() - cpu0, "closed": st.closed}))
+        else:
+            break
+    for c in conns:
+        c.close()
+    for t in tasks:
+        t.cancel()
 
 
 async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
@@ -193,21 +307,33 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def proc_usage(pid: int) -> tuple[float, int]:
-    """CPU seconds and RSS bytes of a process and its descendants."""
-    cpu, rss = 0.0, 0
+def proc_usage(pid: int) -> tuple[float, int, float]:
+    """CPU seconds, RSS bytes and system (kernel) CPU seconds of a process and its descendants."""
+    cpu, rss, sys_ = 0.0, 0, 0.0
     for p in _tree(pid):
         with contextlib.suppress(OSError):
             f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             cpu += (int(f[11]) + int(f[12])) / CLK
+            sys_ += int(f[12]) / CLK
             rss += int(f[21]) * PAGE
-    return cpu, rss
+    return cpu, rss, sys_
 
 
-def start_gateway(redis_url: str, variant: str, workers: int, port: int) -> subprocess.Popen[bytes]:
+def machine_busy() -> float:
+    """CPU seconds spent by the whole machine (every process, ours or not) since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(f[:8]) - f[3] - f[4]) / CLK
+
+
+def start_gateway(redis_url: str, variant: str, workers: int, port: int, server: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING",
            "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, start_new_session=True)
+    cmd = [sys.executable, "-m", "gateway"]
+    if server != "frames":  # one of uvicorn's own implementations, everything else as python -m gateway
+        cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers), "--ws", server, "--ws-max-size", str(64 * 1024),
+               "--ws-per-message-deflate", "false", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
@@ -242,11 +368,11 @@ def pct(xs: list[int], q: float) -> float:
 
 
 def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, symbols: list[str], n: int,
-              rates: list[float], procs: int, warmup: float, measure: float) -> list[dict[str, Any]]:
+              rates: list[float], procs: int, warmup: float, measure: float, kind: str) -> list[dict[str, Any]]:
     cmds = [ctx.Queue() for _ in range(procs)]
     results = ctx.Queue()
     per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-    loaders = [ctx.Process(target=load_process, args=(url, per[i], sum(per[:i]), symbols, cmds[i], results),
+    loaders = [ctx.Process(target=load_process, args=(url, per[i], sum(per[:i]), symbols, cmds[i], results, kind),
                            daemon=True) for i in range(procs) if per[i]]
     for p in loaders:
         p.start()
@@ -259,14 +385,16 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             pub = ctx.Process(target=publisher, args=(redis_url, symbols, rate, stop), daemon=True)
             pub.start()
             time.sleep(warmup)
-            cpu0, _ = proc_usage(gw.pid)
+            cpu0, _, sys0 = proc_usage(gw.pid)
+            box0 = machine_busy()
             t0 = time.monotonic()
             for q in cmds[:len(loaders)]:
                 q.put("start")
             time.sleep(measure)
             for q in cmds[:len(loaders)]:
                 q.put("stop")
-            cpu1, rss = proc_usage(gw.pid)
+            cpu1, rss, sys1 = proc_usage(gw.pid)
+            box1 = machine_busy()
             secs = time.monotonic() - t0
             stats = [results.get(timeout=60)[1] for _ in loaders]
             stop.set()
@@ -275,8 +403,9 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             count = sum(s["count"] for s in stats)
             gcpu = cpu1 - cpu0
             out.append({"clients": n, "rate": rate, "msgs_s": count / secs, "p50_ms": pct(lat, 0.5),
-                        "p99_ms": pct(lat, 0.99), "gw_cpu_s": gcpu / secs, "msgs_per_cpu_s": count / gcpu if gcpu else 0,
-                        "client_cpu_s": sum(s["cpu"] for s in stats) / secs, "gw_rss_mb": rss / 2**20,
+                        "p99_ms": pct(lat, 0.99), "gw_cpu_s": gcpu / secs,
+                        "gw_sys_pct": 100 * (sys1 - sys0) / gcpu if gcpu else 0, "msgs_per_cpu_s": count / gcpu if gcpu else 0,
+                        "client_cpu_s": sum(s["cpu"] for s in stats) / secs, "box_cpu_s": (box1 - box0) / secs, "gw_rss_mb": rss / 2**20,
                         "dropped": sum(s["closed"] for s in stats)})
             time.sleep(1.0)
     finally:
@@ -290,11 +419,11 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
 
 
 def soak(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, symbols: list[str], n: int,
-         procs: int, seconds: float) -> None:
+         procs: int, seconds: float, kind: str) -> None:
     cmds = [ctx.Queue() for _ in range(procs)]
     results = ctx.Queue()
     per = [n // procs] * procs
-    loaders = [ctx.Process(target=load_process, args=(url, per[i], i * per[0], symbols, cmds[i], results),
+    loaders = [ctx.Process(target=load_process, args=(url, per[i], i * per[0], symbols, cmds[i], results, kind),
                            daemon=True) for i in range(procs)]
     for p in loaders:
         p.start()
@@ -322,12 +451,21 @@ def main() -> None:
     ap.add_argument("--rates", default="1,10", help="multiples of the captures' rates")
     ap.add_argument("--variants", default="hub,naive")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gateway worker processes")
-    ap.add_argument("--procs", type=int, default=4, help="load-client processes")
+    ap.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2),
+                    help="load-client processes (default: one per core, at least 2)")
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--measure", type=float, default=8.0)
+    ap.add_argument("--client", default="raw", choices=("raw", "node", "websockets"),
+                    help="load client: raw (bench.rawws, the cheapest measured), node (bench/loadclient.js on the "
+                         "ws package, installed on first use) or the websockets library")
+    ap.add_argument("--server", default="frames", choices=("frames", "websockets-sansio", "websockets", "wsproto"),
+                    help="uvicorn WebSocket implementation: frames (the gateway's own, gateway.wsserver) or one of "
+                         "uvicorn's (then frames go through ASGI send_text)")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
     args = ap.parse_args()
 
+    if args.client == "node" and not node_ready():
+        raise SystemExit("node, npm or the ws package is not available: use --client raw (the default)")
     settings = load_settings(env={})
     symbols = list(settings.symbols)
     ctx = mp.get_context("spawn")
@@ -339,20 +477,21 @@ def main() -> None:
             redis_url = srv.url
         try:
             print(f"cores={os.cpu_count()} gateway workers={args.workers} load processes={args.procs} "
-                  f"symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
+                  f"client={args.client} ws server={args.server} symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
             rows = []
             for variant in args.variants.split(","):
                 port = free_port()
-                gw = start_gateway(redis_url, variant, args.workers, port)
+                gw = start_gateway(redis_url, variant, args.workers, port, args.server)
                 url = f"ws://127.0.0.1:{port}/ws"
                 try:
                     if args.soak:
-                        soak(ctx, url, gw, redis_url, symbols, int(args.clients.split(",")[0]), args.procs, args.soak)
+                        soak(ctx, url, gw, redis_url, symbols, int(args.clients.split(",")[0]), args.procs, args.soak,
+                             args.client)
                         continue
                     for n in (int(x) for x in args.clients.split(",")):
                         for row in run_phase(ctx, url, gw, redis_url, symbols, n,
                                              [float(x) for x in args.rates.split(",")], args.procs, args.warmup,
-                                             args.measure):
+                                             args.measure, args.client):
                             row["variant"] = variant
                             rows.append(row)
                             print(fmt_row(row), flush=True)
@@ -365,22 +504,22 @@ def main() -> None:
                 srv.stop()
 
 
-HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "msgs/CPU-s", "client CPU", "gw RSS MB",
-        "dropped")
+HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "gw sys %", "msgs/CPU-s", "client CPU", "box CPU",
+        "gw RSS MB", "dropped")
 
 
 def fmt_row(r: dict[str, Any]) -> str:
     return (f"{r['variant']:>6} {r['clients']:>6} {r['rate']:>4.0f}x {r['msgs_s']:>9.0f} {r['p50_ms']:>8.1f} "
-            f"{r['p99_ms']:>8.1f} {r['gw_cpu_s']:>6.2f} {r['msgs_per_cpu_s']:>10.0f} {r['client_cpu_s']:>6.2f} "
-            f"{r['gw_rss_mb']:>7.0f} {r['dropped']:>5}")
+            f"{r['p99_ms']:>8.1f} {r['gw_cpu_s']:>6.2f} {r['gw_sys_pct']:>4.0f} {r['msgs_per_cpu_s']:>10.0f} {r['client_cpu_s']:>6.2f} "
+            f"{r['box_cpu_s']:>6.2f} {r['gw_rss_mb']:>7.0f} {r['dropped']:>5}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['clients']} | {r['rate']:.0f}x | {r['msgs_s']:.0f} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['gw_cpu_s']:.2f} | {r['msgs_per_cpu_s']:.0f} | {r['client_cpu_s']:.2f} | "
-                     f"{r['gw_rss_mb']:.0f} | {r['dropped']} |")
+                     f"{r['p99_ms']:.1f} | {r['gw_cpu_s']:.2f} | {r['gw_sys_pct']:.0f} | {r['msgs_per_cpu_s']:.0f} | {r['client_cpu_s']:.2f} | "
+                     f"{r['box_cpu_s']:.2f} | {r['gw_rss_mb']:.0f} | {r['dropped']} |")
     return "\n".join(lines)
 
 

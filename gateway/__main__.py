@@ -20,6 +20,7 @@ import sys  # noqa: E402
 import uvicorn  # noqa: E402
 
 from gateway.app import GatewayConfigError, check_settings  # noqa: E402
+from gateway.wsserver import UVICORN_WS_OPTIONS  # noqa: E402
 from shared.logs import setup_logging, uvicorn_log_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
@@ -39,7 +40,7 @@ try:
         workers=settings.gateway.workers,
         log_level=settings.log.level.lower(),
         log_config=uvicorn_log_config(settings.log.level),
-        ws_max_size=64 * 1024,
+        **UVICORN_WS_OPTIONS,
     )
 finally:
     if _own_dir:

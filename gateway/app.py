@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -99,9 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.market.start()
         app.state.order_events = OrderEvents(settings)
         await app.state.order_events.start()
+        reporter = asyncio.create_task(metrics.queue_stats_reporter(), name="queue-stats-reporter")
         try:
             yield
         finally:
+            reporter.cancel()
+            metrics.report_queue_stats()
             await app.state.order_events.stop()
             await app.state.market.stop()
             await app.state.redis.aclose()

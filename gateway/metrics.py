@@ -11,6 +11,7 @@ counter in one step when its queue runs dry (``Connection``), not once per frame
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -86,7 +87,28 @@ def render(feeds: dict[str, FeedCheck], redis_ok: bool, matcher_alive: bool) -> 
             return [up, alive, *feed_families(feeds)]
 
     extra.register(_Feeds())  # type: ignore[arg-type]
+    report_queue_stats()  # this worker's figures are current; the other workers' are at most a second old
     return generate_latest(_registry()) + generate_latest(extra)
+
+
+_reported = {"sent": 0, "conflated": 0}
+
+
+def report_queue_stats() -> None:
+    """Add what the client queues counted (plain ints on the hot path) since the last call to the counters."""
+    from gateway.fanout import QueueStats
+
+    for name, counter in (("sent", WS_MESSAGES_SENT), ("conflated", WS_CONFLATED)):
+        total = getattr(QueueStats, name)
+        if total > _reported[name]:
+            counter.inc(total - _reported[name])
+            _reported[name] = total
+
+
+async def queue_stats_reporter(period_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(period_s)
+        report_queue_stats()
 
 
 def worker_exit() -> None:

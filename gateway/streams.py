@@ -122,7 +122,7 @@ class MarketData:
             topic = self._touch.setdefault((sym, flt), _Topic(spec))
             queue.put_critical(ack)
             touch = self._compute(sym, flt)
-            queue.put_conflated(spec.topic, wire.push("best_touch", spec.topic, wire.touch_data(touch, flt),
+            queue.put_conflated(spec.topic, wire.push_frame("best_touch", spec.topic, wire.touch_data(touch, flt),
                                                       snapshot=True))
             if not topic.subs:
                 topic.last = _touch_key(touch)
@@ -239,7 +239,7 @@ class MarketData:
             return
         topic.last = key
         name = topic.spec.topic
-        frame = wire.push("best_touch", name, wire.touch_data(touch, flt))
+        frame = wire.push_frame("best_touch", name, wire.touch_data(touch, flt))
         for qu in topic.subs:
             qu.put_conflated(name, frame)
 
@@ -261,7 +261,7 @@ class MarketData:
             topic = self._trades.get((t.symbol, flt))
             if topic is not None and topic.subs:
                 data = data or wire.trade_data(t)
-                frame = wire.push("trades", topic.spec.topic, data)
+                frame = wire.push_frame("trades", topic.spec.topic, data)
                 for qu in topic.subs:
                     qu.put_strict(frame)
             for iv in INTERVALS_US:
@@ -272,16 +272,17 @@ class MarketData:
                 value = sub.ewma.update(t.price, t.ts_event_us)
                 name = sub.spec.topic
                 assert sub.spec.half_life is not None
-                sub.queue.put_conflated(name, wire.push("ewma", name, wire.ewma_data(
+                sub.queue.put_conflated(name, wire.push_frame("ewma", name, wire.ewma_data(
                     t.symbol, flt, sub.spec.half_life, value, t)))
 
     # -- klines ------------------------------------------------------------------------------------
 
-    def _candle_frame(self, spec: Spec, c: Candle, history: bool = False) -> str:
+    def _candle_frame(self, spec: Spec, c: Candle, history: bool = False) -> bytes:
         assert spec.interval is not None
-        return wire.push("klines", spec.topic, wire.candle_data(c, spec.symbol, spec.exchange, spec.interval, history))
+        data = wire.candle_data(c, spec.symbol, spec.exchange, spec.interval, history)
+        return wire.push_frame("klines", spec.topic, data)
 
-    def _queue_candle(self, queue: ClientQueue, spec: Spec, c: Candle, frame: str | None = None) -> None:
+    def _queue_candle(self, queue: ClientQueue, spec: Spec, c: Candle, frame: bytes | None = None) -> None:
         # one slot per candle: a slow client gets the latest state of each candle, closed ones included
         queue.put_conflated(f"{spec.topic}|{c.open_time_us}", frame or self._candle_frame(spec, c))
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from gateway.wsframe import text_frame
 from shared.best_touch import Touch
 from shared.klines import Candle
 from shared.schema import Trade
@@ -33,8 +34,17 @@ def dumps(o: Any) -> str:
 
 def push(stream: str, topic: str, data: bytes | dict[str, Any], **extra: Any) -> str:
     """A pushed message; ``data`` may already be serialized (then it is embedded as is)."""
+    return _push_json(stream, topic, data, extra).decode()
+
+
+def push_frame(stream: str, topic: str, data: bytes | dict[str, Any], **extra: Any) -> bytes:
+    """``push`` as a ready WebSocket text frame, built once and shared by every subscriber."""
+    return text_frame(_push_json(stream, topic, data, extra))
+
+
+def _push_json(stream: str, topic: str, data: bytes | dict[str, Any], extra: dict[str, Any]) -> bytes:
     body = orjson.Fragment(data) if isinstance(data, bytes) else data
-    return dumps({"type": stream, "topic": topic, **extra, "data": body})
+    return orjson.dumps({"type": stream, "topic": topic, **extra, "data": body})
 
 
 def touch_data(t: Touch, exchange: str) -> dict[str, Any]:

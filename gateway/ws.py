@@ -21,6 +21,7 @@ from starlette.websockets import WebSocketDisconnect
 from gateway import metrics, strict_json
 from gateway.fanout import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
 from gateway.wsproto import MARKET_STREAMS, Spec, WsError, parse_spec, parse_topic
+from gateway.wsserver import frame_sink
 from shared import tokens
 from shared.settings import Settings
 from shared.timeutil import now_us
@@ -86,9 +87,6 @@ class Connection:
         self.queue.direct = self._send  # the naive benchmark variant sends without the queue
         self.user_id: str | None = None
         self.subs: dict[str, Closable] = {}
-        self._sending = False
-        self._sent = 0  # frames sent and not yet added to the metrics (added when the queue runs dry)
-        self._conflated_seen = 0
         self._allowance = 2 * cfg.rate_per_s
         self._last_refill = time.monotonic()
 
@@ -116,15 +114,6 @@ class Connection:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def _report(self) -> None:
-        if self._sent:
-            metrics.WS_MESSAGES_SENT.inc(self._sent)
-            self._sent = 0
-        conflated = self.queue.conflated - self._conflated_seen
-        if conflated:
-            metrics.WS_CONFLATED.inc(conflated)
-            self._conflated_seen += conflated
-
     async def run(self) -> None:
         await self.ws.accept()
         metrics.WS_CONNECTIONS.inc()
@@ -132,13 +121,15 @@ class Connection:
             await self._run()
         finally:
             metrics.WS_CONNECTIONS.dec()
-            self._report()
             if self.queue.failed is not None and self.queue.failed[0] in (CLOSE_SLOW, CLOSE_CRITICAL_OVERFLOW):
                 metrics.WS_SLOW_CLOSES.labels(str(self.queue.failed[0])).inc()
             if self.queue.dropped:
                 metrics.WS_DROPPED.inc(self.queue.dropped)
 
     async def _run(self) -> None:
+        sink = frame_sink(self.ws.scope)
+        if sink is not None:  # frames go straight to the socket; the writer task only waits
+            self.queue.attach(sink)
         writer = asyncio.create_task(self._writer())
         reader = asyncio.create_task(self._reader())
         failed = asyncio.create_task(self.queue.failed_event.wait())
@@ -169,23 +160,14 @@ class Connection:
             self.subs.clear()
 
     async def _drained(self) -> None:
-        while len(self.queue) or self._sending:  # noqa: ASYNC110 - bounded by the caller, only before a close
+        while not self.queue.idle:  # noqa: ASYNC110 - bounded by the caller, only before a close
             await asyncio.sleep(0.01)
 
     async def _send(self, frame: str) -> None:
         await self.ws.send_text(frame)
 
     async def _writer(self) -> None:
-        while True:
-            if self._sent and not len(self.queue):
-                self._report()
-            frame = await self.queue.get()
-            if frame is None:
-                return
-            self._sending = True
-            await self.ws.send_text(frame)
-            self._sending = False
-            self._sent += 1
+        await self.queue.pump(self.ws.send_text)
 
     async def _reader(self) -> _Close | None:
         """Returns why to close the connection, or None once the client has gone."""
