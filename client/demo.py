@@ -36,7 +36,7 @@ def say(msg: str = "") -> None:
 
 
 class Unsupported(Exception):
-    """The gateway does not offer this feature (yet)."""
+    """The gateway does not offer this feature (an older gateway); ``--strict`` makes it a failure."""
 
 
 def default_url() -> str:
@@ -53,6 +53,11 @@ def fmt_order(o: Order) -> str:
     ex = f" from {'+'.join(o.exchanges)}" if o.exchanges else ""
     return (f"{o.token_id}: {o.type} {o.side} {o.quantity} {o.symbol} {px} -> {o.status}"
             f" (filled {o.filled_quantity}{avg}{ex}, fee {o.fee} {o.fee_asset}{', ' + o.reason if o.reason else ''})")
+
+
+def expect_status(o: Order, want: str, what: str = "") -> None:
+    if o.status != want:
+        raise AssertionError(f"{what}: expected {want}, got {o.status}" if what else f"expected {want}, got {o.status}")
 
 
 def describe(m: Any) -> str:
@@ -202,8 +207,7 @@ class Demo:
             await self.client.cancel_order(tid)
         except ApiError as e:
             say(f"  cancelling it again: {e.status} {e.code} ({e.detail})")
-        if o.status != "cancelled":
-            raise AssertionError(f"expected cancelled, got {o.status}")
+        expect_status(o, "cancelled")
 
     async def _settled(self, o: Order) -> Order:
         return o if o.is_final else await self.client.wait_order(o.token_id, timeout=10)
@@ -214,28 +218,24 @@ class Demo:
         o = await self.client.place_order(self.order_id("fill"), self.symbol, "buy", "0.001", price)
         o = await self._settled(o)
         say(f"  marketable limit buy @ {price} (1% over the ask {ask}) -> {fmt_order(o)}")
-        if o.status != "filled":
-            raise AssertionError(f"expected filled, got {o.status}")
+        expect_status(o, "filled")
 
     async def market_and_ioc(self) -> None:
         bid, ask, tick = self.prices()
         o = await self._settled(await self.client.place_order(self.order_id("mkt"), self.symbol, "sell", "0.0005",
                                                               type="market"))
         say(f"  market sell -> {fmt_order(o)}")
-        if o.status != "filled":
-            raise AssertionError(f"market order: expected filled, got {o.status}")
+        expect_status(o, "filled", "market order")
         price = on_tick(ask * Decimal("1.002"), tick, ROUND_CEILING)
         o = await self._settled(await self.client.place_order(self.order_id("ioc"), self.symbol, "buy", "0.0005",
                                                               price, type="ioc"))
         say(f"  IOC buy @ {price} (above the ask) -> {fmt_order(o)}")
-        if o.status != "filled":
-            raise AssertionError(f"marketable IOC: expected filled, got {o.status}")
+        expect_status(o, "filled", "marketable IOC")
         price = on_tick(bid * Decimal("0.99"), tick, ROUND_FLOOR)
         o = await self._settled(await self.client.place_order(self.order_id("ioc"), self.symbol, "buy", "0.0005",
                                                               price, type="ioc"))
         say(f"  IOC buy @ {price} (under the bid) -> {fmt_order(o)}")
-        if o.status != "expired":
-            raise AssertionError(f"IOC under the bid: expected expired, got {o.status}")
+        expect_status(o, "expired", "IOC under the bid")
 
     async def ws_orders(self) -> None:
         assert self.ws is not None

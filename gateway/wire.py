@@ -139,3 +139,8 @@ def order_event(ev: dict[str, Any]) -> str:
     if ev.get("fills"):
         data["fills"] = [_nums(f, FILL_DECIMALS) for f in ev["fills"]]
     return push("order", "orders", data)
+
+
+def balance_data(balance: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """``{"total": {asset: "1.5"}, ...}`` (REST's balance view) with exact JSON numbers."""
+    return {kind: {a: num(Decimal(v)) for a, v in amounts.items()} for kind, amounts in balance.items()}

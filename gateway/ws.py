@@ -1,8 +1,8 @@
 """The client WebSocket ``/ws``: authentication, one reply per client message, a writer per connection.
 
 Actions are a table (``ACTIONS``); adding one is ``@action("name")`` on an ``async def (conn, msg)``
-that replies with ``conn.ack(...)`` or raises ``WsError``. Streams other than market data (the user's
-``orders``) can be added the same way through ``STREAM_HANDLERS``.
+that replies with ``conn.ack(...)`` or raises ``WsError``. Streams other than market data are entries of
+``STREAM_HANDLERS`` (``gateway.ws_orders`` registers the user's ``orders`` and the order actions).
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ registers everything with ``gateway.ws``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from gateway import trading, wire
 from gateway.errors import ApiError
@@ -18,6 +21,7 @@ from gateway.order_events import OrderEvents, UserOrdersSource
 from gateway.trading_models import BadRequest, ModifyOrderIn, PlaceOrderIn, parse
 from gateway.ws import STREAM_HANDLERS, Connection, action
 from gateway.wsproto import WsError
+from shared.settings import Settings
 
 ENVELOPE = ("action", "id")
 
@@ -26,9 +30,13 @@ def _events(conn: Connection) -> OrderEvents:
     return conn.ws.app.state.order_events  # type: ignore[no-any-return]
 
 
+def _user(conn: Connection) -> str:
+    assert conn.user_id is not None  # the dispatcher refuses these actions before authentication
+    return conn.user_id
+
+
 def _orders_source(conn: Connection) -> UserOrdersSource:
-    assert conn.user_id is not None
-    return UserOrdersSource(_events(conn), conn.user_id)
+    return UserOrdersSource(_events(conn), _user(conn))
 
 
 STREAM_HANDLERS["orders"] = _orders_source
@@ -47,9 +55,11 @@ def _token_id(msg: dict[str, Any]) -> str:
     return t
 
 
-async def _call(fn: Callable[[], Awaitable[Any]]) -> Any:
+@contextlib.contextmanager
+def _as_ws_error() -> Iterator[None]:
+    """REST's errors (same codes and details) raised as the socket's."""
     try:
-        return await fn()
+        yield
     except (ApiError, BadRequest) as e:
         raise WsError(e.code, e.detail) from None
 
@@ -62,52 +72,48 @@ def _unknown(msg: dict[str, Any], allowed: tuple[str, ...]) -> None:
 
 @action("place_order")
 async def _place_order(conn: Connection, msg: dict[str, Any]) -> None:
-    assert conn.user_id is not None
-    user, st = conn.user_id, conn.settings
-
-    async def run() -> dict[str, Any]:
+    st = conn.settings
+    with _as_ws_error():
         body = parse(PlaceOrderIn, _body(msg))
-        return await trading.place_order(conn.ws.app.state.redis, st, user, body, final=_events(conn),
-                                         wait_s=st.gateway.order_final_wait_s)
+        order = await trading.place_order(conn.ws.app.state.redis, st, _user(conn), body, final=_events(conn),
+                                          wait_s=st.gateway.order_final_wait_s)
+    conn.ack(msg, order=wire.order_data(order))
 
-    conn.ack(msg, order=wire.order_data(await _call(run)))
+
+OrderCall = Callable[[aioredis.Redis, Settings, str, str], Awaitable[dict[str, Any]]]
+
+
+async def _by_token(conn: Connection, msg: dict[str, Any], call: OrderCall) -> None:
+    """An action on one order named by ``token_id`` and nothing else."""
+    _unknown(msg, ("token_id",))
+    token_id = _token_id(msg)
+    with _as_ws_error():
+        order = await call(conn.ws.app.state.redis, conn.settings, _user(conn), token_id)
+    conn.ack(msg, order=wire.order_data(order))
 
 
 @action("cancel_order")
 async def _cancel_order(conn: Connection, msg: dict[str, Any]) -> None:
-    assert conn.user_id is not None
-    _unknown(msg, ("token_id",))
-    token_id = _token_id(msg)
-    order = await _call(lambda: trading.cancel_order(conn.ws.app.state.redis, conn.settings, conn.user_id or "",
-                                                     token_id))
-    conn.ack(msg, order=wire.order_data(order))
-
-
-@action("modify_order")
-async def _modify_order(conn: Connection, msg: dict[str, Any]) -> None:
-    assert conn.user_id is not None
-    token_id = _token_id(msg)
-    user = conn.user_id
-
-    async def run() -> dict[str, Any]:
-        body = parse(ModifyOrderIn, _body(msg, "token_id"))
-        return await trading.modify_order(conn.ws.app.state.redis, conn.settings, user, token_id, body)
-
-    conn.ack(msg, order=wire.order_data(await _call(run)))
+    await _by_token(conn, msg, trading.cancel_order)
 
 
 @action("get_order")
 async def _get_order(conn: Connection, msg: dict[str, Any]) -> None:
-    _unknown(msg, ("token_id",))
+    await _by_token(conn, msg, trading.get_order)
+
+
+@action("modify_order")
+async def _modify_order(conn: Connection, msg: dict[str, Any]) -> None:
     token_id = _token_id(msg)
-    order = await _call(lambda: trading.get_order(conn.ws.app.state.redis, conn.settings, conn.user_id or "",
-                                                  token_id))
+    with _as_ws_error():
+        body = parse(ModifyOrderIn, _body(msg, "token_id"))
+        order = await trading.modify_order(conn.ws.app.state.redis, conn.settings, _user(conn), token_id, body)
     conn.ack(msg, order=wire.order_data(order))
 
 
 @action("balance")
 async def _balance(conn: Connection, msg: dict[str, Any]) -> None:
     _unknown(msg, ())
-    bal = await _call(lambda: trading.get_balance(conn.ws.app.state.redis, conn.settings, conn.user_id or ""))
-    conn.ack(msg, **{kind: {a: wire.num(trading.Decimal(v)) for a, v in amounts.items()}
-                     for kind, amounts in bal.items()})
+    with _as_ws_error():
+        bal = await trading.get_balance(conn.ws.app.state.redis, conn.settings, _user(conn))
+    conn.ack(msg, **wire.balance_data(bal))

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ingestor.parsing import (
     MALFORMED,
     Control,
     FrameError,
     ParseResult,
+    book_sides,
     check_not_crossed,
     integer,
-    levels,
+    load_object,
     ms_to_us,
     price,
     size,
@@ -61,12 +60,7 @@ class BinanceParser:
         self._symbols = settings.exchange_symbols(EXCHANGE)
 
     def parse(self, frame: str | bytes, ts_recv_us: int) -> ParseResult:
-        try:
-            o = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            raise FrameError("bad_json", repr(frame[:60])) from None
-        if type(o) is not dict:
-            raise FrameError("bad_json", "not an object")
+        o = load_object(frame)
         try:
             stream = o.get("stream")
             if stream is None:
@@ -108,9 +102,7 @@ class BinanceParser:
         return BBO(EXCHANGE, symbol, bid, size(d["B"]), ask, size(d["A"]), integer(d["u"]), ts_recv_us, ts_recv_us)
 
     def _book(self, d: dict[str, Any], symbol: str, ts_recv_us: int) -> Book:
-        bids, asks = levels(d["bids"], True), levels(d["asks"], False)
-        if bids and asks:
-            check_not_crossed(bids[0][0], asks[0][0])
+        bids, asks = book_sides(d)
         return Book(EXCHANGE, symbol, bids, asks, integer(d["lastUpdateId"]), ts_recv_us, ts_recv_us)
 
     def _trade(self, d: dict[str, Any], symbol: str, ts_recv_us: int) -> Trade:

@@ -22,9 +22,10 @@ from ingestor.parsing import (
     FrameError,
     MdMessage,
     ParseResult,
+    book_sides,
     check_not_crossed,
     integer,
-    levels,
+    load_object,
     ms_to_us,
     price,
     size,
@@ -60,12 +61,7 @@ class OkxParser:
     def parse(self, frame: str | bytes, ts_recv_us: int) -> ParseResult:
         if frame == "pong" or frame == b"pong":
             return Control("pong")
-        try:
-            o = orjson.loads(frame)
-        except orjson.JSONDecodeError:
-            raise FrameError("bad_json", repr(frame[:60])) from None
-        if type(o) is not dict:
-            raise FrameError("bad_json", "not an object")
+        o = load_object(frame)
         try:
             if "event" in o:
                 return self._event(o)
@@ -119,9 +115,7 @@ class OkxParser:
                    ms_to_us(d["ts"]), ts_recv_us)
 
     def _book(self, d: dict[str, Any], symbol: str, ts_recv_us: int) -> Book:
-        bids, asks = levels(d["bids"], True), levels(d["asks"], False)
-        if bids and asks:
-            check_not_crossed(bids[0][0], asks[0][0])
+        bids, asks = book_sides(d)
         return Book(EXCHANGE, symbol, bids, asks, integer(d.get("seqId", 0)), ms_to_us(d["ts"]), ts_recv_us)
 
     def _trade(self, d: dict[str, Any], symbol: str, ts_recv_us: int) -> Trade:

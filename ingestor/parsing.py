@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
+import orjson
+
 from shared.money import MAX_AMOUNT
 from shared.schema import BBO, Book, Level, Trade
 
 MdMessage = BBO | Book | Trade
 ControlKind = Literal["reconnect", "pong", "subscribed", "error", "info"]
 
-# Exceptions that mean "the frame is not shaped as documented"; parsers let them fly and
-# ``guard`` turns them into one FrameError, so the happy path pays for no checks twice.
+# Exceptions that mean "the frame is not shaped as documented"; parsers let them fly and each ``parse``
+# turns them into one FrameError, so the happy path pays for no checks twice.
 MALFORMED = (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError)
 
 
@@ -46,6 +48,17 @@ class Control:
 ParseResult = list[MdMessage] | Control
 
 _ZERO = Decimal(0)
+
+
+def load_object(frame: str | bytes) -> dict[str, Any]:
+    """A frame's JSON object."""
+    try:
+        o = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise FrameError("bad_json", repr(frame[:60])) from None
+    if type(o) is not dict:
+        raise FrameError("bad_json", "not an object")
+    return o
 
 
 def price(v: Any) -> Decimal:
@@ -110,3 +123,11 @@ def check_not_crossed(bid: Decimal, ask: Decimal) -> None:
     # A crossed book within one exchange's frame (normal on OKX in pre-open) is not tradable: dropped.
     if bid >= ask:
         raise FrameError("crossed", f"bid {bid} >= ask {ask}")
+
+
+def book_sides(d: dict[str, Any]) -> tuple[tuple[Level, ...], tuple[Level, ...]]:
+    """A depth payload's ``bids`` and ``asks``, checked for order and for a crossed top."""
+    bids, asks = levels(d["bids"], True), levels(d["asks"], False)
+    if bids and asks:
+        check_not_crossed(bids[0][0], asks[0][0])
+    return bids, asks

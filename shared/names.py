@@ -41,7 +41,6 @@ Operations::
 
 from __future__ import annotations
 
-KINDS = ("bbo", "book", "trade")
 PREFIX_MD = "md"
 
 

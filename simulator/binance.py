@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,7 +29,7 @@ from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 
 from simulator.market import BookEvent, Event, Level, MarketModel, QuoteEvent, TradeEvent
-from simulator.server import Conn, Data, ExchangeServer
+from simulator.server import Conn, Data, MarketServer, now_ms, refusal
 
 MAX_STREAMS = 1024
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
@@ -212,19 +210,15 @@ def wrap(name: str, raw: bytes) -> bytes:
     return b'{"stream":"' + name.encode() + b'","data":' + raw + b"}"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class BinanceServer(ExchangeServer):
+class BinanceServer(MarketServer):
     name = "binance"
+    TRUNCATED = b'{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCU'
 
     def __init__(self, symbols: dict[str, str], host: str = "127.0.0.1", port: int = 0,
                  ping_interval: float = 20.0, pong_timeout: float = 60.0, msg_limit: int = 5,
                  model: MarketModel | None = None) -> None:
-        super().__init__(host, port)
+        super().__init__(symbols, host, port, model)
         self.feed = BinanceFeed(symbols)
-        self.model = model
         self.known = {s.lower() for s in symbols.values()}
         self.extra_streams: set[str] = set()  # stream names present in replay files
         self.ping_interval = ping_interval
@@ -247,8 +241,7 @@ class BinanceServer(ExchangeServer):
         r = parse_path(request.path, self.valid_stream)
         if isinstance(r, Route):
             return r, None
-        status, body = r
-        return None, Response(status, HTTPStatus(status).phrase, _headers(body), body.encode())
+        return None, refusal(*r)
 
     def on_open(self, conn: Conn) -> None:
         route: Route = conn.ws.route
@@ -308,51 +301,6 @@ class BinanceServer(ExchangeServer):
             raw = orjson.dumps(data)
             self.publish(name, raw, wrap(name, raw))
 
-    def publish_data(self, name: str, data: dict[str, Any] | bytes) -> None:
-        raw = data if isinstance(data, bytes) else orjson.dumps(data)
-        self.publish(name, raw, wrap(name, raw))
-
-    def _sym(self, symbol: str) -> tuple[str, str]:
-        """Accept our symbol or Binance's; return (ours, Binance's)."""
-        for ours, theirs in self.feed.symbols.items():
-            if symbol.upper() in (ours, theirs):
-                return ours, theirs
-        raise KeyError(f"unknown symbol {symbol}")
-
-    def pause(self, symbol: str) -> None:
-        if self.model is not None:
-            self.model.pause(self.name, self._sym(symbol)[0])
-
-    def resume(self, symbol: str) -> None:
-        if self.model is not None:
-            self.model.resume(self.name, self._sym(symbol)[0])
-
-    async def push_bbo(self, symbol: str, bid: str, ask: str, bid_qty: str = "1", ask_qty: str = "1",
-                       book: bool = True) -> None:
-        """Send a bookTicker (and, with ``book``, depth frames whose best levels are these) right now."""
-        ours, _ = self._sym(symbol)
-        q = QuoteEvent(self.name, ours, now_ms(), Decimal(bid), Decimal(bid_qty), Decimal(ask), Decimal(ask_qty))
-        if self.model is not None:
-            self.model.set_top(self.name, ours, q.bid, q.bid_sz, q.ask, q.ask_sz)
-        self.on_event(q)
-        if book:
-            self.on_event(_book_with_top(self.model, self.name, q))
-        await self.flush()
-
-    async def push_book(self, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
-        ours, _ = self._sym(symbol)
-        ev = BookEvent(self.name, ours, now_ms(), tuple(Level(Decimal(p), Decimal(s)) for p, s in bids),
-                       tuple(Level(Decimal(p), Decimal(s)) for p, s in asks), index=0)
-        self.on_event(ev)
-        await self.flush()
-
-    async def push_trade(self, symbol: str, price: str, qty: str, side: str = "buy") -> None:
-        """``side`` is the taker's: a taker sell is sent with ``m`` (buyer is maker) true."""
-        ours, _ = self._sym(symbol)
-        self.on_event(TradeEvent(self.name, ours, now_ms(), Decimal(price), Decimal(qty),
-                                 "sell" if side == "sell" else "buy"))
-        await self.flush()
-
     # --- faults -----------------------------------------------------------------------------------
 
     async def server_shutdown(self, close_after: float | None = None) -> None:
@@ -363,56 +311,13 @@ class BinanceServer(ExchangeServer):
             await asyncio.sleep(close_after)
             await self.drop_all(1001, "Server shutdown")
 
-    async def send_crossed_book(self, symbol: str) -> None:
-        """A bookTicker and depth frames whose best bid is above the best ask."""
-        ours, _ = self._sym(symbol)
-        q = self.model.quote(self.name, ours) if self.model else None
-        ask = q.ask if q else Decimal("100")
-        tick = self.model.spec(ours).tick if self.model else Decimal("0.01")
-        await self.push_bbo(ours, str(ask + 2 * tick), str(ask), book=True)
-
-    async def send_garbage(self, kind: str = "non_json", symbol: str | None = None) -> None:
-        """kind: non_json | truncated | nan | nan_literal | negative | empty.
-
-        Shaped kinds go to the symbol's bookTicker subscribers (all connections get non-JSON ones).
-        """
-        if kind == "non_json":
-            self.broadcast(b"this is not json <html>")
-        elif kind == "empty":
-            self.broadcast(b"")
-        elif kind == "truncated":
-            self.broadcast(b'{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCU')
+    def bad_quote(self, kind: str, theirs: str, bid: Decimal, ask: Decimal) -> None:
+        name = f"{theirs.lower()}@bookTicker"
+        if kind == "nan":
+            raw = orjson.dumps({"u": 1, "s": theirs, "b": "NaN", "B": "1.00000000", "a": "NaN", "A": "1.00000000"})
+        elif kind == "nan_literal":
+            raw = b'{"u":1,"s":"' + theirs.encode() + b'","b":NaN,"B":"1.0","a":NaN,"A":"1.0"}'
         else:
-            ours, theirs = self._sym(symbol or next(iter(self.feed.symbols)))
-            name = f"{theirs.lower()}@bookTicker"
-            if kind == "nan":
-                raw = orjson.dumps({"u": 1, "s": theirs, "b": "NaN", "B": "1.00000000", "a": "NaN",
-                                    "A": "1.00000000"})
-            elif kind == "nan_literal":
-                raw = b'{"u":1,"s":"' + theirs.encode() + b'","b":NaN,"B":"1.0","a":NaN,"A":"1.0"}'
-            elif kind == "negative":
-                q = self.model.quote(self.name, ours) if self.model else None
-                bid = fmt(q.bid) if q else "1.00000000"
-                ask = fmt(q.ask) if q else "1.00010000"
-                raw = orjson.dumps({"u": 1, "s": theirs, "b": bid, "B": "-1.50000000", "a": ask,
-                                    "A": "-2.00000000"})
-            else:
-                raise ValueError(f"unknown garbage kind {kind!r}")
-            self.publish(name, raw, wrap(name, raw))
-        await self.flush()
-
-
-def _headers(body: str) -> Any:
-    from websockets.datastructures import Headers
-
-    return Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body.encode())))])
-
-
-def _book_with_top(model: MarketModel | None, exchange: str, q: QuoteEvent) -> BookEvent:
-    """Depth whose first level is exactly ``q``; deeper levels from the model when there is one."""
-    if model is None:
-        return BookEvent(exchange, q.symbol, q.ts_ms, (Level(q.bid, q.bid_sz),), (Level(q.ask, q.ask_sz),))
-    b = model.book(exchange, q.symbol, q.ts_ms)
-    bids = (Level(q.bid, q.bid_sz, 1),) + tuple(lv for lv in b.bids[1:] if lv.price < q.bid)
-    asks = (Level(q.ask, q.ask_sz, 1),) + tuple(lv for lv in b.asks[1:] if lv.price > q.ask)
-    return BookEvent(exchange, q.symbol, q.ts_ms, bids, asks, index=0)
+            raw = orjson.dumps({"u": 1, "s": theirs, "b": fmt(bid), "B": "-1.50000000", "a": fmt(ask),
+                                "A": "-2.00000000"})
+        self.publish(name, raw, wrap(name, raw))

@@ -280,3 +280,13 @@ class MarketModel:
         side: Side = "buy" if self.rng.random() < 0.5 else "sell"
         price = (top.ask_t if side == "buy" else top.bid_t) * tick
         return TradeEvent(ex, s.spec.symbol, ts, price, self._lots(s, 400) * lot, side, self.rng.randint(1, 3))
+
+
+def book_with_top(model: MarketModel | None, exchange: str, q: QuoteEvent) -> BookEvent:
+    """Depth whose first level is exactly ``q``; deeper levels from the model when there is one."""
+    if model is None:
+        return BookEvent(exchange, q.symbol, q.ts_ms, (Level(q.bid, q.bid_sz),), (Level(q.ask, q.ask_sz),))
+    b = model.book(exchange, q.symbol, q.ts_ms)
+    bids = (Level(q.bid, q.bid_sz, 1),) + tuple(lv for lv in b.bids[1:] if lv.price < q.bid)
+    asks = (Level(q.ask, q.ask_sz, 1),) + tuple(lv for lv in b.asks[1:] if lv.price > q.ask)
+    return BookEvent(exchange, q.symbol, q.ts_ms, bids, asks, index=0)

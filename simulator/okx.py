@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from websockets.datastructures import Headers
-from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 
 from simulator.market import BookEvent, Event, Level, MarketModel, QuoteEvent, TradeEvent
-from simulator.server import Conn, Data, ExchangeServer
+from simulator.server import Conn, Data, MarketServer, now_ms, refusal
 
 PATH = "/ws/v5/public"
 CHANNELS = ("bbo-tbt", "books5", "trades", "tickers")
@@ -98,8 +94,7 @@ def apply_request(msg: Data, state: SubState, valid: Callable[[str, str], bool],
 
 
 def fmt(d: Decimal) -> str:
-    s = format(d.normalize(), "f")
-    return s
+    return format(d.normalize(), "f")
 
 
 def _lv(lv: Level) -> list[str]:
@@ -176,18 +171,14 @@ class OkxFeed:
                 "sodUtc0": fmt(day.open), "sodUtc8": fmt(day.open)}
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-class OkxServer(ExchangeServer):
+class OkxServer(MarketServer):
     name = "okx"
+    TRUNCATED = b'{"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{"asks":[["6'
 
     def __init__(self, symbols: dict[str, str], host: str = "127.0.0.1", port: int = 0,
                  idle_timeout: float = 30.0, model: MarketModel | None = None, seed: int = 0) -> None:
-        super().__init__(host, port)
+        super().__init__(symbols, host, port, model)
         self.feed = OkxFeed(symbols)
-        self.model = model
         self.known = set(symbols.values())
         self.extra_args: set[Key] = set()  # (channel, instId) present in replay files
         self.idle_timeout = idle_timeout
@@ -204,9 +195,7 @@ class OkxServer(ExchangeServer):
 
     def route(self, request: Request) -> tuple[Any, Response | None]:
         if urlsplit(request.path).path.rstrip("/") != PATH:
-            body = b"Not Found"
-            return None, Response(404, HTTPStatus(404).phrase,
-                                  Headers([("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]), body)
+            return None, refusal(404, "Not Found", "text/plain")
         return PATH, None
 
     def on_open(self, conn: Conn) -> None:
@@ -231,9 +220,6 @@ class OkxServer(ExchangeServer):
     def conn_tasks(self, conn: Conn) -> Iterable[Coroutine[Any, Any, None]]:
         return (self._idle_watch(conn),)
 
-    def on_frame(self, conn: Conn, opcode: Opcode) -> None:
-        pass
-
     async def _idle_watch(self, conn: Conn) -> None:
         step = min(1.0, self.idle_timeout / 4)
         while True:
@@ -256,47 +242,6 @@ class OkxServer(ExchangeServer):
         for key, frame in self.feed.frames(ev, lambda k: k in self.index):
             self.publish(key, orjson.dumps(frame))
 
-    def _sym(self, symbol: str) -> tuple[str, str]:
-        for ours, theirs in self.feed.symbols.items():
-            if symbol.upper() in (ours, theirs):
-                return ours, theirs
-        raise KeyError(f"unknown symbol {symbol}")
-
-    def pause(self, symbol: str) -> None:
-        if self.model is not None:
-            self.model.pause(self.name, self._sym(symbol)[0])
-
-    def resume(self, symbol: str) -> None:
-        if self.model is not None:
-            self.model.resume(self.name, self._sym(symbol)[0])
-
-    async def push_bbo(self, symbol: str, bid: str, ask: str, bid_qty: str = "1", ask_qty: str = "1",
-                       book: bool = True) -> None:
-        """Send bbo-tbt (and tickers; with ``book`` also books5 whose best levels are these) right now."""
-        from simulator.binance import _book_with_top
-
-        ours, _ = self._sym(symbol)
-        q = QuoteEvent(self.name, ours, now_ms(), Decimal(bid), Decimal(bid_qty), Decimal(ask), Decimal(ask_qty))
-        if self.model is not None:
-            self.model.set_top(self.name, ours, q.bid, q.bid_sz, q.ask, q.ask_sz)
-        self.on_event(q)
-        if book:
-            self.on_event(_book_with_top(self.model, self.name, q))
-        await self.flush()
-
-    async def push_book(self, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
-        ours, _ = self._sym(symbol)
-        ev = BookEvent(self.name, ours, now_ms(), tuple(Level(Decimal(p), Decimal(s)) for p, s in bids),
-                       tuple(Level(Decimal(p), Decimal(s)) for p, s in asks))
-        self.on_event(ev)
-        await self.flush()
-
-    async def push_trade(self, symbol: str, price: str, qty: str, side: str = "buy") -> None:
-        ours, _ = self._sym(symbol)
-        self.on_event(TradeEvent(self.name, ours, now_ms(), Decimal(price), Decimal(qty),
-                                 "sell" if side == "sell" else "buy"))
-        await self.flush()
-
     # --- faults -----------------------------------------------------------------------------------
 
     async def send_notice(self, code: str = "64008", msg: str = NOTICE_MSG, close_after: float | None = None) -> None:
@@ -307,37 +252,16 @@ class OkxServer(ExchangeServer):
             await asyncio.sleep(close_after)
             await self.drop_all(1001, "Service upgrade")
 
-    async def send_crossed_book(self, symbol: str) -> None:
-        ours, _ = self._sym(symbol)
-        q = self.model.quote(self.name, ours) if self.model else None
-        ask = q.ask if q else Decimal("100")
-        tick = self.model.spec(ours).tick if self.model else Decimal("0.01")
-        await self.push_bbo(ours, str(ask + 2 * tick), str(ask), book=True)
-
-    async def send_garbage(self, kind: str = "non_json", symbol: str | None = None) -> None:
-        """kind: non_json | truncated | nan | nan_literal | negative | empty (see BinanceServer)."""
-        if kind == "non_json":
-            self.broadcast(b"this is not json <html>")
-        elif kind == "empty":
-            self.broadcast(b"")
-        elif kind == "truncated":
-            self.broadcast(b'{"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{"asks":[["6')
+    def bad_quote(self, kind: str, theirs: str, bid: Decimal, ask: Decimal) -> None:
+        arg = {"channel": "bbo-tbt", "instId": theirs}
+        ts = str(now_ms())
+        if kind == "nan":
+            raw = orjson.dumps({"arg": arg, "data": [{"asks": [["NaN", "1", "0", "1"]], "bids": [["NaN", "1", "0", "1"]],
+                                                      "ts": ts, "seqId": 1}]})
+        elif kind == "nan_literal":
+            raw = (b'{"arg":' + orjson.dumps(arg) + b',"data":[{"asks":[[NaN,"1","0","1"]],'
+                   b'"bids":[[NaN,"1","0","1"]],"ts":"' + ts.encode() + b'","seqId":1}]}')
         else:
-            ours, inst = self._sym(symbol or next(iter(self.feed.symbols)))
-            arg = {"channel": "bbo-tbt", "instId": inst}
-            ts = str(now_ms())
-            if kind == "nan":
-                raw = orjson.dumps({"arg": arg, "data": [{"asks": [["NaN", "1", "0", "1"]], "bids": [["NaN", "1", "0", "1"]],
-                                                          "ts": ts, "seqId": 1}]})
-            elif kind == "nan_literal":
-                raw = (b'{"arg":' + orjson.dumps(arg) + b',"data":[{"asks":[[NaN,"1","0","1"]],'
-                       b'"bids":[[NaN,"1","0","1"]],"ts":"' + ts.encode() + b'","seqId":1}]}')
-            elif kind == "negative":
-                q = self.model.quote(self.name, ours) if self.model else None
-                bid, ask = (fmt(q.bid), fmt(q.ask)) if q else ("1", "1.0001")
-                raw = orjson.dumps({"arg": arg, "data": [{"asks": [[ask, "-2", "0", "1"]], "bids": [[bid, "-1.5", "0", "1"]],
-                                                          "ts": ts, "seqId": 1}]})
-            else:
-                raise ValueError(f"unknown garbage kind {kind!r}")
-            self.publish(("bbo-tbt", inst), raw)
-        await self.flush()
+            raw = orjson.dumps({"arg": arg, "data": [{"asks": [[fmt(ask), "-2", "0", "1"]],
+                                                      "bids": [[fmt(bid), "-1.5", "0", "1"]], "ts": ts, "seqId": 1}]})
+        self.publish(("bbo-tbt", theirs), raw)

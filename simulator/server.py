@@ -13,19 +13,36 @@ import itertools
 import logging
 import socket
 import struct
+import time
 from collections import defaultdict, deque
 from collections.abc import Coroutine, Hashable, Iterable
+from decimal import Decimal
+from http import HTTPStatus
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+
+from simulator.market import BookEvent, Event, Level, MarketModel, QuoteEvent, TradeEvent, book_with_top
 
 log = logging.getLogger("simulator")
 
 QUEUE_MAX = 20000
 Data = bytes | str
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def refusal(status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    """An HTTP response refusing a WebSocket handshake."""
+    raw = body.encode()
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(raw)))])
+    return Response(status, HTTPStatus(status).phrase, headers, raw)
 
 
 class SimConnection(ServerConnection):
@@ -309,4 +326,95 @@ class ExchangeServer:
             self.broadcast(data)
         else:
             self.publish(key, data)
+        await self.flush()
+
+
+class MarketServer(ExchangeServer):
+    """An exchange fed by the market model: test controls shared by both exchanges.
+
+    Subclasses turn events into frames (``on_event``) and build the malformed quote frames (``bad_quote``).
+    """
+
+    TRUNCATED: bytes = b""  # a frame of this exchange cut in the middle
+
+    def __init__(self, symbols: dict[str, str], host: str = "127.0.0.1", port: int = 0,
+                 model: MarketModel | None = None) -> None:
+        super().__init__(host, port)
+        self.symbols = symbols  # our symbol -> the exchange's
+        self.model = model
+
+    def on_event(self, ev: Event) -> None:
+        raise NotImplementedError
+
+    def bad_quote(self, kind: str, theirs: str, bid: Decimal, ask: Decimal) -> None:
+        """Publish a best bid/ask frame of ``kind`` (nan | nan_literal | negative) to its subscribers."""
+        raise NotImplementedError
+
+    def _sym(self, symbol: str) -> tuple[str, str]:
+        """Accept our symbol or the exchange's; return (ours, theirs)."""
+        for ours, theirs in self.symbols.items():
+            if symbol.upper() in (ours, theirs):
+                return ours, theirs
+        raise KeyError(f"unknown symbol {symbol}")
+
+    def pause(self, symbol: str) -> None:
+        if self.model is not None:
+            self.model.pause(self.name, self._sym(symbol)[0])
+
+    def resume(self, symbol: str) -> None:
+        if self.model is not None:
+            self.model.resume(self.name, self._sym(symbol)[0])
+
+    async def push_bbo(self, symbol: str, bid: str, ask: str, bid_qty: str = "1", ask_qty: str = "1",
+                       book: bool = True) -> None:
+        """Send the best bid/ask frames (and, with ``book``, depth frames whose best levels are these) now."""
+        ours, _ = self._sym(symbol)
+        q = QuoteEvent(self.name, ours, now_ms(), Decimal(bid), Decimal(bid_qty), Decimal(ask), Decimal(ask_qty))
+        if self.model is not None:
+            self.model.set_top(self.name, ours, q.bid, q.bid_sz, q.ask, q.ask_sz)
+        self.on_event(q)
+        if book:
+            self.on_event(book_with_top(self.model, self.name, q))
+        await self.flush()
+
+    async def push_book(self, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
+        ours, _ = self._sym(symbol)
+        ev = BookEvent(self.name, ours, now_ms(), tuple(Level(Decimal(p), Decimal(s)) for p, s in bids),
+                       tuple(Level(Decimal(p), Decimal(s)) for p, s in asks), index=0)
+        self.on_event(ev)
+        await self.flush()
+
+    async def push_trade(self, symbol: str, price: str, qty: str, side: str = "buy") -> None:
+        """``side`` is the taker's."""
+        ours, _ = self._sym(symbol)
+        self.on_event(TradeEvent(self.name, ours, now_ms(), Decimal(price), Decimal(qty),
+                                 "sell" if side == "sell" else "buy"))
+        await self.flush()
+
+    async def send_crossed_book(self, symbol: str) -> None:
+        """Best bid/ask and depth frames whose best bid is two ticks above the best ask."""
+        ours, _ = self._sym(symbol)
+        q = self.model.quote(self.name, ours) if self.model else None
+        ask = q.ask if q else Decimal("100")
+        tick = self.model.spec(ours).tick if self.model else Decimal("0.01")
+        await self.push_bbo(ours, str(ask + 2 * tick), str(ask), book=True)
+
+    async def send_garbage(self, kind: str = "non_json", symbol: str | None = None) -> None:
+        """kind: non_json | truncated | nan | nan_literal | negative | empty.
+
+        Shaped kinds go to the symbol's best bid/ask subscribers (all connections get non-JSON ones).
+        """
+        if kind == "non_json":
+            self.broadcast(b"this is not json <html>")
+        elif kind == "empty":
+            self.broadcast(b"")
+        elif kind == "truncated":
+            self.broadcast(self.TRUNCATED)
+        elif kind in ("nan", "nan_literal", "negative"):
+            ours, theirs = self._sym(symbol or next(iter(self.symbols)))
+            q = self.model.quote(self.name, ours) if self.model else None
+            bid, ask = (q.bid, q.ask) if q else (Decimal("1"), Decimal("1.0001"))
+            self.bad_quote(kind, theirs, bid, ask)
+        else:
+            raise ValueError(f"unknown garbage kind {kind!r}")
         await self.flush()

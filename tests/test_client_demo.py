@@ -3,51 +3,24 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from shared.embedded_redis import free_port
 from shared.settings import ROOT
+from tests.launcher_helpers import launch
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The whole system with the simulator (module-wide: the demo and the CLI tests share it)."""
-    tmp = tmp_path_factory.mktemp("system")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET")}
-    env.update(SR_DATA_DIR=str(tmp / "data"), PORT=str(port), SR_AUTH__BCRYPT_ROUNDS="4")
-    log = open(tmp / "launcher.log", "w+b")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", "--feed", "sim"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "launcher exited early"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "gateway never became healthy"
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        log.close()
+    with launch(tmp_path_factory.mktemp("system")) as sysproc:
+        sysproc.wait_health(60)
+        yield sysproc.url
 
 
 def run_module(args: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:

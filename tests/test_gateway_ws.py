@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
 import struct
 import time
 from typing import Any
@@ -18,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from shared import names
 from tests.mdfeed import MdFeed
 from tests.servers import run_gateway
-from tests.wsclient import Client, token, ws_client
+from tests.wsclient import Client, RawClient, token, ws_client
 
 S = 1_000_000
 FAST = {"SR_WS__AUTH_TIMEOUT_S": "0.5", "SR_FEEDS__STALE_AFTER_S": "1.5"}
@@ -424,68 +421,6 @@ async def test_two_gateways_give_the_same_results(redis_url: str, aredis: aiored
             await c.request({"action": "ping"})
             out.append([r for r in c.raw if '"trades"' in r or '"closed":true' in r])
         assert out[0] == out[1] and len(out[0]) >= 20
-
-
-class RawClient:
-    """A WebSocket client on a bare socket with a tiny receive buffer that reads only when told to."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-
-    @classmethod
-    async def open(cls, base: str, tok: str) -> RawClient:
-        port = int(base.rsplit(":", 1)[1])
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(s, ("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(s, (f"GET /ws?token={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-        c = cls(s)
-        while b"\r\n\r\n" not in c.buf:
-            c.buf += await loop.sock_recv(s, 4096)
-        head, c.buf = c.buf.split(b"\r\n\r\n", 1)
-        assert b" 101 " in head.split(b"\r\n")[0]
-        return c
-
-    async def send(self, o: dict[str, Any]) -> None:
-        payload = orjson.dumps(o)
-        assert len(payload) < 126
-        mask = os.urandom(4)
-        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        await asyncio.get_running_loop().sock_sendall(self.sock, bytes([0x81, 0x80 | len(payload)]) + mask + body)
-
-    async def _need(self, n: int, within: float) -> None:
-        loop = asyncio.get_running_loop()
-        while len(self.buf) < n:
-            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), within)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-
-    async def frame(self, within: float = 10) -> tuple[int, bytes]:
-        """(opcode, payload) of the next server frame (servers do not mask)."""
-        await self._need(2, within)
-        op, ln = self.buf[0] & 0x0F, self.buf[1] & 0x7F
-        hdr = 2
-        if ln == 126:
-            await self._need(4, within)
-            ln, hdr = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif ln == 127:
-            await self._need(10, within)
-            ln, hdr = struct.unpack("!Q", self.buf[2:10])[0], 10
-        await self._need(hdr + ln, within)
-        data, self.buf = self.buf[hdr:hdr + ln], self.buf[hdr + ln:]
-        return op, data
-
-    async def json(self, within: float = 10) -> dict[str, Any]:
-        op, data = await self.frame(within)
-        assert op == 1, (op, data[:100])
-        return orjson.loads(data)
 
 
 async def test_slow_trades_client_is_closed_and_others_get_everything(redis_url: str, aredis: aioredis.Redis) -> None:

@@ -23,8 +23,10 @@ def order(token: str, price: int, side: str = "buy") -> dict[str, object]:
     return {"token_id": token, "symbol": "BTCUSDT", "side": side, "price": price, "quantity": 0.01}
 
 
+# appendfsync "always" (configurable as redis.appendfsync): with the default "everysec" a kill -9 may lose the
+# last second of writes, which a busy test machine turns into a flaky test.
 async def test_kill_everything_and_restart(tmp_path: Path) -> None:
-    srv = EmbeddedRedis(tmp_path / "data").start()
+    srv = EmbeddedRedis(tmp_path / "data", appendfsync="always").start()
     try:
         settings = make_settings(srv.url)
         h = auth(settings, "alice")
@@ -43,7 +45,7 @@ async def test_kill_everything_and_restart(tmp_path: Path) -> None:
                 srv.kill()
             await r.aclose()
 
-            srv = EmbeddedRedis(tmp_path / "data", port=srv.port).start()
+            srv = EmbeddedRedis(tmp_path / "data", port=srv.port, appendfsync="always").start()
             r = aioredis.Redis.from_url(srv.url)
 
             async def gateway_back() -> bool:
@@ -71,7 +73,7 @@ async def test_kill_everything_and_restart(tmp_path: Path) -> None:
 
 
 async def test_matcher_reconnects_after_redis_restart(tmp_path: Path) -> None:
-    srv = EmbeddedRedis(tmp_path / "data").start()
+    srv = EmbeddedRedis(tmp_path / "data", appendfsync="always").start()
     stop, ready = asyncio.Event(), asyncio.Event()
     settings = make_settings(srv.url)
     task = asyncio.create_task(run_matcher(settings, stop, redis_url=srv.url, ready=ready))
@@ -82,7 +84,7 @@ async def test_matcher_reconnects_after_redis_restart(tmp_path: Path) -> None:
             await c.post("/deposit", json={"asset": "USDT", "amount": 5000}, headers=h)
             srv.kill()
             ready.clear()
-            srv = EmbeddedRedis(tmp_path / "data", port=srv.port).start()
+            srv = EmbeddedRedis(tmp_path / "data", port=srv.port, appendfsync="always").start()
             await asyncio.wait_for(ready.wait(), 15)  # the matcher reconnected and rebuilt its index
             r = aioredis.Redis.from_url(srv.url)
             try:

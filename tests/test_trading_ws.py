@@ -20,9 +20,8 @@ from shared import ledger, ledger_store, names
 from shared.settings import Settings
 from tests.mdfeed import MdFeed
 from tests.servers import make_settings, run_gateway
-from tests.test_gateway_ws import RawClient
 from tests.trading_helpers import auth, matcher, publish_book, wait_status
-from tests.wsclient import Client, token, ws_client
+from tests.wsclient import Client, RawClient, token, ws_client
 
 pytestmark = pytest.mark.asyncio
 

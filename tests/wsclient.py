@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -66,3 +70,65 @@ class Client:
         reply = await self.request({"action": "subscribe", **fields})
         assert reply["type"] == "ack", reply
         return reply
+
+
+class RawClient:
+    """A WebSocket client on a bare socket with a tiny receive buffer that reads only when told to."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    @classmethod
+    async def open(cls, base: str, tok: str) -> RawClient:
+        port = int(base.rsplit(":", 1)[1])
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(s, ("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await loop.sock_sendall(s, (f"GET /ws?token={tok} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                    "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        c = cls(s)
+        while b"\r\n\r\n" not in c.buf:
+            c.buf += await loop.sock_recv(s, 4096)
+        head, c.buf = c.buf.split(b"\r\n\r\n", 1)
+        assert b" 101 " in head.split(b"\r\n")[0]
+        return c
+
+    async def send(self, o: dict[str, Any]) -> None:
+        payload = orjson.dumps(o)
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, bytes([0x81, 0x80 | len(payload)]) + mask + body)
+
+    async def _need(self, n: int, within: float) -> None:
+        loop = asyncio.get_running_loop()
+        while len(self.buf) < n:
+            chunk = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), within)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+
+    async def frame(self, within: float = 10) -> tuple[int, bytes]:
+        """(opcode, payload) of the next server frame (servers do not mask)."""
+        await self._need(2, within)
+        op, ln = self.buf[0] & 0x0F, self.buf[1] & 0x7F
+        hdr = 2
+        if ln == 126:
+            await self._need(4, within)
+            ln, hdr = struct.unpack("!H", self.buf[2:4])[0], 4
+        elif ln == 127:
+            await self._need(10, within)
+            ln, hdr = struct.unpack("!Q", self.buf[2:10])[0], 10
+        await self._need(hdr + ln, within)
+        data, self.buf = self.buf[hdr:hdr + ln], self.buf[hdr + ln:]
+        return op, data
+
+    async def json(self, within: float = 10) -> dict[str, Any]:
+        op, data = await self.frame(within)
+        assert op == 1, (op, data[:100])
+        return orjson.loads(data)

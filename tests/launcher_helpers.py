@@ -1,0 +1,63 @@
+"""The whole system as `make run FEED=sim` starts it: the launcher in a subprocess of its own session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from shared.embedded_redis import free_port
+from shared.settings import ROOT
+
+
+@dataclass
+class Launched:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: IO[bytes]  # the launcher's stdout and stderr
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_health(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, "launcher exited early"
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway never became healthy"
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def launch(tmp: Path) -> Iterator[Launched]:
+    """Start ``python -m launcher --feed sim`` with its data in ``tmp``; on exit, Ctrl-C it (SIGKILL after 30 s)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET")}
+    env.update(SR_DATA_DIR=str(tmp / "data"), PORT=str(port), SR_AUTH__BCRYPT_ROUNDS="4")
+    with open(tmp / "launcher.log", "w+b") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher", "--feed", "sim"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield Launched(proc, port, log)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
