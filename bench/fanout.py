@@ -325,7 +325,8 @@ def machine_busy() -> float:
     return (sum(f[:8]) - f[3] - f[4]) / CLK
 
 
-def start_gateway(redis_url: str, variant: str, workers: int, port: int, server: str) -> subprocess.Popen[bytes]:
+def start_gateway(redis_url: str, variant: str, workers: int, port: int, server: str,
+                  cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING",
            "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000"}
     cmd = [sys.executable, "-m", "gateway"]
@@ -333,7 +334,8 @@ def start_gateway(redis_url: str, variant: str, workers: int, port: int, server:
         cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--ws", server, "--ws-max-size", str(64 * 1024),
                "--ws-per-message-deflate", "false", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # workers inherit the affinity
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=pin)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):
@@ -462,12 +464,22 @@ def main() -> None:
                     help="uvicorn WebSocket implementation: frames (the gateway's own, gateway.wsserver) or one of "
                          "uvicorn's (then frames go through ASGI send_text)")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
+    ap.add_argument("--pin", type=int, default=0, metavar="N",
+                    help="pin the gateway to the first N cores and everything else (Redis, publisher, load clients) "
+                         "to the others, so the load does not run on the gateway's cores (0: no pinning)")
     args = ap.parse_args()
 
     if args.client == "node" and not node_ready():
         raise SystemExit("node, npm or the ws package is not available: use --client raw (the default)")
     settings = load_settings(env={})
     symbols = list(settings.symbols)
+    gw_cpus: set[int] | None = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) <= args.pin:
+            raise SystemExit(f"--pin {args.pin} needs more than {args.pin} cores (have {len(cpus)})")
+        gw_cpus = set(cpus[:args.pin])
+        os.sched_setaffinity(0, set(cpus[args.pin:]))  # Redis, the publisher and the load processes inherit this
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         redis_url = os.environ.get("REDIS_URL", "")
@@ -476,12 +488,13 @@ def main() -> None:
             srv = EmbeddedRedis(tmp, appendfsync="no").start()
             redis_url = srv.url
         try:
-            print(f"cores={os.cpu_count()} gateway workers={args.workers} load processes={args.procs} "
+            print(f"cores={os.cpu_count()} pinned={'gateway on ' + str(sorted(gw_cpus)) if gw_cpus else 'no'} "
+                  f"gateway workers={args.workers} load processes={args.procs} "
                   f"client={args.client} ws server={args.server} symbols={len(symbols)} 1x = {len(symbols) * (BBO_PER_S + TRADES_PER_S):.0f} msgs/s into Redis")
             rows = []
             for variant in args.variants.split(","):
                 port = free_port()
-                gw = start_gateway(redis_url, variant, args.workers, port, args.server)
+                gw = start_gateway(redis_url, variant, args.workers, port, args.server, gw_cpus)
                 url = f"ws://127.0.0.1:{port}/ws"
                 try:
                     if args.soak:
