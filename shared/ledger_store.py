@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -46,27 +47,43 @@ def _s(v: Any) -> str:
 Cmd = tuple[Any, ...]
 
 
-def _arg(v: Any) -> bytes:
-    if isinstance(v, bytes):
-        return v
-    if isinstance(v, str):
-        return v.encode()
-    if isinstance(v, int | float):
-        return repr(v).encode()
-    raise TypeError(f"cannot send {type(v).__name__} to Redis")
-
-
 def pack(cmds: Sequence[Cmd]) -> bytes:
-    """RESP-encode commands into one buffer (one write, one round trip)."""
+    """RESP-encode commands (str, bytes or int arguments) into one buffer: one write, one round trip."""
     out: list[bytes] = []
+    add = out.append
     for cmd in cmds:
-        out.append(b"*%d\r\n" % len(cmd))
+        add(b"*%d\r\n" % len(cmd))
         for a in cmd:
-            b = _arg(a)
-            out.append(b"$%d\r\n" % len(b))
-            out.append(b)
-            out.append(b"\r\n")
+            if isinstance(a, str):
+                a = a.encode()
+            elif isinstance(a, int):
+                a = b"%d" % a
+            elif not isinstance(a, bytes):
+                raise TypeError(f"cannot send {type(a).__name__} to Redis")
+            add(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(out)
+
+
+# Connections kept out of the client's pool between transactions: taking one from the pool and giving it back
+# costs more CPU than a round trip (a lock, a readiness probe, observability hooks). They stay the pool's own,
+# so closing the client still closes them; a dropped one reconnects on its next use.
+_idle: weakref.WeakKeyDictionary[aioredis.Redis, list[Any]] = weakref.WeakKeyDictionary()
+IDLE_MAX = 32
+
+
+async def _acquire(r: aioredis.Redis) -> Any:
+    idle = _idle.get(r)
+    if idle:
+        return idle.pop()
+    return await r.connection_pool.get_connection()
+
+
+async def _release(r: aioredis.Redis, conn: Any) -> None:
+    idle = _idle.setdefault(r, [])
+    if len(idle) < IDLE_MAX:
+        idle.append(conn)
+    else:
+        await r.connection_pool.release(conn)
 
 
 async def _exchange(conn: Any, cmds: Sequence[Cmd]) -> list[Any]:
@@ -84,11 +101,10 @@ async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
     recomputed from fresh state. A ``LedgerError`` from ``step`` aborts with nothing written.
 
     redis-py's watch mode costs a round trip per command (WATCH, then each read), hence this lower-level
-    path on one connection taken from the client's pool."""
-    pool = r.connection_pool
+    path on one connection of the client's pool."""
     reconnects = 0
     for attempt in range(MAX_ATTEMPTS):
-        conn = await pool.get_connection()
+        conn = await _acquire(r)
         try:
             try:
                 replies = await _exchange(conn, [("WATCH", *keys), *reads])
@@ -119,7 +135,7 @@ async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
             await conn.disconnect()
             raise
         finally:
-            await pool.release(conn)
+            await _release(r, conn)
         await asyncio.sleep(random.uniform(0, min(0.02, 0.0002 * 2 ** min(attempt, 10))))
     raise Busy()
 
