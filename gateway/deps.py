@@ -85,11 +85,17 @@ class Trader:
     events: OrderEvents
 
 
-async def _trader(request: Request, token: Annotated[str | None, Depends(oauth2)]) -> Trader:
-    # the token straight from ``oauth2`` rather than through ``CurrentUser``: one level of dependencies less
-    state = request.app.state
-    return Trader(_user_of(state.settings, token), state.redis, state.settings, state.order_events)
+class _TraderAuth(OAuth2PasswordBearer):
+    """The bearer scheme itself resolves to the ``Trader``: one dependency with no sub-dependencies (FastAPI
+    resolves each level on every request), and ``/docs`` still shows the same security scheme."""
 
+    async def __call__(self, request: Request) -> Trader:  # type: ignore[override]
+        state = request.app.state
+        token = await super().__call__(request)
+        return Trader(_user_of(state.settings, token), state.redis, state.settings, state.order_events)
+
+
+_trader = _TraderAuth(tokenUrl="/login", auto_error=False, scheme_name=oauth2.scheme_name)
 
 # The authenticated user (401 otherwise) with the app's Redis, settings and order events.
 TraderDep = Annotated[Trader, Depends(_trader)]
