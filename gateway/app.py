@@ -19,7 +19,7 @@ from gateway.order_events import OrderEvents
 from gateway.routes import auth, balance, fills, health, info, orders
 from gateway.schemas import JsonRoute
 from gateway.streams import MarketData
-from shared import names, tokens
+from shared import gctune, names, tokens
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 
@@ -100,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.order_events = OrderEvents(settings)
         await app.state.order_events.start()
         try:
-            yield
+            with gctune.frozen():
+                yield
         finally:
             await app.state.order_events.stop()
             await app.state.market.stop()
