@@ -15,6 +15,7 @@ fill twice.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import weakref
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import ledger, names
 from shared.ledger import Account, Fill, LedgerError, Order, PairRules
@@ -87,8 +89,18 @@ async def _release(r: aioredis.Redis, conn: Any) -> None:
 
 
 async def _exchange(conn: Any, cmds: Sequence[Cmd]) -> list[Any]:
+    """Send ``cmds`` in one write and read their replies, within one socket timeout for them all (redis-py
+    would arm a timer per reply, which costs more than parsing it)."""
     await conn.send_packed_command(pack(cmds))
-    return [await conn.read_response() for _ in cmds]
+    deadline = asyncio.timeout(conn.socket_timeout)
+    try:
+        async with deadline:
+            return [await conn.read_response(timeout=math.inf) for _ in cmds]
+    except TimeoutError:
+        if deadline.expired():
+            await conn.disconnect()
+            raise RedisTimeoutError("Timeout reading from Redis") from None
+        raise
 
 
 async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
