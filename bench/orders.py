@@ -97,20 +97,21 @@ def cpu_s(pids: list[int]) -> float:
 
 
 class CpuMeter:
-    """CPU seconds spent by the gateway (and Redis, for comparison) over one phase."""
+    """CPU seconds (utime + stime from /proc) spent by the gateway, and for comparison Redis and the matcher,
+    over one phase."""
 
-    def __init__(self, gateway: list[int], redis: list[int]) -> None:
-        self.gateway, self.redis = gateway, redis
-        self.g0 = self.r0 = 0.0
+    def __init__(self, gateway: list[int], redis: list[int], matcher: list[int]) -> None:
+        self.pids = {"gateway": gateway, "redis": redis, "matcher": matcher}
+        self.t0: dict[str, float] = {}
 
     def start(self) -> None:
-        self.g0, self.r0 = cpu_s(self.gateway), cpu_s(self.redis)
+        self.t0 = {k: cpu_s(v) for k, v in self.pids.items() if v}
 
     def report(self, orders: int) -> str:
-        g, r = cpu_s(self.gateway) - self.g0, cpu_s(self.redis) - self.r0
+        spent = {k: cpu_s(self.pids[k]) - t0 for k, t0 in self.t0.items()}
         n = max(1, orders)
-        return (f"  CPU per accepted order: gateway {g / n * 1e6:,.0f} µs, redis {r / n * 1e6:,.0f} µs "
-                f"(gateway {g:.2f} s, redis {r:.2f} s over {orders} orders)")
+        per = ", ".join(f"{k} {v / n * 1e6:,.0f} µs" for k, v in spent.items())
+        return f"  CPU per accepted order: {per} (gateway {spent['gateway']:.2f} s over {orders} orders)"
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -310,7 +311,7 @@ async def main() -> None:
             await wait_port(port)
             await asyncio.sleep(0.5)
             assert srv.proc is not None
-            cpu = CpuMeter([procs[0].pid], [srv.proc.pid])
+            cpu = CpuMeter([procs[0].pid], [srv.proc.pid], [p.pid for p in procs[1:]])
             await throughput(port, args.clients, args.seconds, cpu)
             if args.rate > 0:
                 await offered_load(port, args.clients, args.rate, args.seconds, cpu)
