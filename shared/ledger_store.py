@@ -182,25 +182,25 @@ async def _read_order(r: aioredis.Redis, user_id: str, token_id: str) -> Order |
     return None if raw is None else Order.from_dict(orjson.loads(raw))
 
 
-def _event_writes(order: Order, events: list[ledger.Event]) -> list[Cmd]:
-    out: list[Cmd] = [("PUBLISH", names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
-    out.append(("PUBLISH", names.ORDERS_CHANNEL, orjson.dumps(order.to_dict())))
-    return out
-
-
 def _hset(key: str, mapping: dict[str, str]) -> list[Cmd]:
     if not mapping:
         return []
     return [("HSET", key, *[x for kv in mapping.items() for x in kv])]
 
 
-def _order_writes(acct: Account, order: Order) -> list[Cmd]:
-    out: list[Cmd] = [("SET", names.order_key(order.user_id, order.token_id), orjson.dumps(order.to_dict()))]
+def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = ()) -> list[Cmd]:
+    """The order, the balances, the open index, ``extra``, then the events (the stored order JSON doubles as
+    the matcher's nudge on ``trading:orders``)."""
+    raw = orjson.dumps(order.to_dict())
+    out: list[Cmd] = [("SET", names.order_key(order.user_id, order.token_id), raw)]
     out += _hset(names.balance_key(order.user_id), acct.to_hash())
     if order.is_open:
         out.append(("ZADD", names.open_orders_key(order.user_id), order.created_us, order.token_id))
     else:
         out.append(("ZREM", names.open_orders_key(order.user_id), order.token_id))
+    out += extra
+    out += [("PUBLISH", names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
+    out.append(("PUBLISH", names.ORDERS_CHANNEL, raw))
     return out
 
 
@@ -232,9 +232,7 @@ async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: 
         acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
-        writes = _order_writes(acct, order)
-        writes.append(("ZADD", names.orders_index_key(user_id), now_us, token_id))
-        return order, writes + _event_writes(order, events)
+        return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)])
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
@@ -245,7 +243,7 @@ async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int)
         if order is None:
             raise not_found(token_id)
         acct, o, events = ledger.cancel(account, order, now_us)
-        return o, _order_writes(acct, o) + _event_writes(o, events)
+        return o, _writes(acct, o, events)
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
@@ -263,7 +261,7 @@ async def modify(r: aioredis.Redis, rules_of: Callable[[str], PairRules], *, use
             check(order, order.price if price is None else price, order.quantity if quantity is None else quantity)
         acct, o, events = ledger.modify(account, rules_of(order.symbol), order,
                                         price=price, quantity=quantity, now_us=now_us)
-        return o, _order_writes(acct, o) + _event_writes(o, events)
+        return o, _writes(acct, o, events)
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
@@ -296,10 +294,8 @@ async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id
             acct, o, events = ledger.expire(acct, order, now_us(), d.reason)
         else:
             acct, o, events = ledger.reject(acct, order, now_us(), d.reason)
-        writes = _order_writes(acct, o)
-        if fills:
-            writes.append(("RPUSH", names.fills_key(user_id), *[orjson.dumps(f.to_dict()) for f in fills]))
-        return Applied(o, tuple(fills), d), writes + _event_writes(o, events)
+        extra = [("RPUSH", names.fills_key(user_id), *[orjson.dumps(f.to_dict()) for f in fills])] if fills else []
+        return Applied(o, tuple(fills), d), _writes(acct, o, events, extra)
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
