@@ -72,6 +72,48 @@ class Http:
                 await self.writer.wait_closed()
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """utime + stime of these processes and their direct children (uvicorn workers), in seconds."""
+    total = 0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total / CLK_TCK
+
+
+class CpuMeter:
+    """CPU seconds (utime + stime from /proc) spent by the gateway, and for comparison Redis and the matcher,
+    over one phase."""
+
+    def __init__(self, gateway: list[int], redis: list[int], matcher: list[int]) -> None:
+        self.pids = {"gateway": gateway, "redis": redis, "matcher": matcher}
+        self.t0: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.t0 = {k: cpu_s(v) for k, v in self.pids.items() if v}
+
+    def report(self, orders: int) -> str:
+        spent = {k: cpu_s(self.pids[k]) - t0 for k, t0 in self.t0.items()}
+        n = max(1, orders)
+        per = ", ".join(f"{k} {v / n * 1e6:,.0f} µs" for k, v in spent.items())
+        return f"  CPU per accepted order: {per} (gateway {spent['gateway']:.2f} s over {orders} orders)"
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
@@ -111,7 +153,7 @@ async def bbo(r: aioredis.Redis, bid: str, ask: str) -> int:
     return t
 
 
-async def throughput(port: int, clients: int, seconds: float) -> None:
+async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> None:
     users = [f"bench{i}" for i in range(clients)]
     toks = [tokens.issue(u, SECRET, 3600) for u in users]
     conns = [Http(port) for _ in users]
@@ -120,6 +162,7 @@ async def throughput(port: int, clients: int, seconds: float) -> None:
         assert st == 200, body
     lat: list[float] = []
     accepted = rejected = 0
+    cpu.start()
     deadline = time.monotonic() + seconds
 
     async def client(i: int) -> None:
@@ -140,14 +183,16 @@ async def throughput(port: int, clients: int, seconds: float) -> None:
     t0 = time.perf_counter()
     await asyncio.gather(*[client(i) for i in range(clients)])
     elapsed = time.perf_counter() - t0
+    cpu_line = cpu.report(accepted)
     for c in conns:
         await c.close()
     print(f"orders: {clients} clients, {elapsed:.1f}s: {accepted} accepted, {rejected} rejected, "
           f"{accepted / elapsed:,.0f} accepted orders/s; latency p50 {pct(lat, 50):.1f} ms, "
           f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+    print(cpu_line)
 
 
-async def offered_load(port: int, clients: int, rate: float, seconds: float) -> None:
+async def offered_load(port: int, clients: int, rate: float, seconds: float, cpu: CpuMeter) -> None:
     """Open loop: ``clients`` connections together offer ``rate`` orders/s on a fixed schedule; each latency is
     measured from the order's *scheduled* send time, so a slow server cannot hide its queueing (no coordinated
     omission)."""
@@ -162,6 +207,7 @@ async def offered_load(port: int, clients: int, rate: float, seconds: float) -> 
     interval = clients / rate  # each connection's share of the schedule
     start = time.perf_counter() + 0.2
     n_per_client = int(seconds * rate / clients)
+    cpu.start()
 
     async def client(i: int) -> None:
         nonlocal accepted
@@ -178,11 +224,13 @@ async def offered_load(port: int, clients: int, rate: float, seconds: float) -> 
 
     await asyncio.gather(*[client(i) for i in range(clients)])
     elapsed = time.perf_counter() - start
+    cpu_line = cpu.report(accepted)
     for c in conns:
         await c.close()
     print(f"orders at an offered {rate:,.0f}/s over {clients} connections ({elapsed:.1f}s): {accepted} accepted "
           f"({accepted / elapsed:,.0f}/s); latency from scheduled send p50 {pct(lat, 50):.1f} ms, "
           f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+    print(cpu_line)
 
 
 async def tick_to_fill(port: int, r: aioredis.Redis, ticks: int) -> None:
@@ -262,10 +310,13 @@ async def main() -> None:
         try:
             await wait_port(port)
             await asyncio.sleep(0.5)
-            await throughput(port, args.clients, args.seconds)
+            assert srv.proc is not None
+            cpu = CpuMeter([procs[0].pid], [srv.proc.pid], [p.pid for p in procs[1:]])
+            await throughput(port, args.clients, args.seconds, cpu)
             if args.rate > 0:
-                await offered_load(port, args.clients, args.rate, args.seconds)
-            await tick_to_fill(port, r, args.ticks)
+                await offered_load(port, args.clients, args.rate, args.seconds, cpu)
+            if args.ticks > 0:
+                await tick_to_fill(port, r, args.ticks)
         finally:
             stop.set()
             await hb

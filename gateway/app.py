@@ -20,7 +20,7 @@ from gateway.order_events import OrderEvents
 from gateway.routes import auth, balance, fills, health, info, orders
 from gateway.schemas import JsonRoute
 from gateway.streams import MarketData
-from shared import names, tokens
+from shared import gctune, names, tokens
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
 
@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.order_events.start()
         reporter = asyncio.create_task(metrics.queue_stats_reporter(), name="queue-stats-reporter")
         try:
-            yield
+            with gctune.frozen():
+                yield
         finally:
             reporter.cancel()
             metrics.report_queue_stats()

@@ -47,14 +47,21 @@ LoginLimiterDep = Annotated[LoginLimiter, Depends(_login_limiter)]
 _BEARER = {"WWW-Authenticate": "Bearer"}
 
 
-async def _current_user(request: Request, token: Annotated[str | None, Depends(oauth2)]) -> str:
-    settings: Settings = request.app.state.settings
+# A client sends the same token on every request: verifying it once per ``ttl_s`` is enough.
+verified_tokens = tokens.VerifiedTokens()
+
+
+def _user_of(settings: Settings, token: str | None) -> str:
     if not token:
         raise ApiError(401, "not_authenticated", "not authenticated: send Authorization: Bearer <token>", _BEARER)
     try:
-        return tokens.verify(token, settings.auth.jwt_secret)
+        return verified_tokens.verify(token, settings.auth.jwt_secret)
     except tokens.TokenError as e:
         raise ApiError(401, "invalid_token", str(e), _BEARER) from None
+
+
+async def _current_user(request: Request, token: Annotated[str | None, Depends(oauth2)]) -> str:
+    return _user_of(request.app.state.settings, token)
 
 
 # The authenticated user's id (the token's ``sub``); 401 ``not_authenticated``/``invalid_token`` otherwise.
@@ -78,10 +85,17 @@ class Trader:
     events: OrderEvents
 
 
-async def _trader(request: Request, user_id: CurrentUser) -> Trader:
-    state = request.app.state
-    return Trader(user_id, state.redis, state.settings, state.order_events)
+class _TraderAuth(OAuth2PasswordBearer):
+    """The bearer scheme itself resolves to the ``Trader``: one dependency with no sub-dependencies (FastAPI
+    resolves each level on every request), and ``/docs`` still shows the same security scheme."""
 
+    async def __call__(self, request: Request) -> Trader:  # type: ignore[override]
+        state = request.app.state
+        token = await super().__call__(request)
+        return Trader(_user_of(state.settings, token), state.redis, state.settings, state.order_events)
+
+
+_trader = _TraderAuth(tokenUrl="/login", auto_error=False, scheme_name=oauth2.scheme_name)
 
 # The authenticated user (401 otherwise) with the app's Redis, settings and order events.
 TraderDep = Annotated[Trader, Depends(_trader)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -123,6 +124,7 @@ class HttpMetricsMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, str, int], Any] = {}  # labels() validates and locks on every call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -142,4 +144,8 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            HTTP_LATENCY.labels(scope.get("method", ""), template, str(status)).observe(time.perf_counter() - start)
+            key = (scope.get("method", ""), template, status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = HTTP_LATENCY.labels(key[0], template, str(status))
+            child.observe(time.perf_counter() - start)

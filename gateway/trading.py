@@ -70,6 +70,7 @@ class _UserLocks:
 
 
 _locks = _UserLocks()
+_PLACED = metrics.ORDERS.labels("placed", "")  # labels() validates and locks on every call
 
 
 async def _redis_down(_: Request, exc: Exception) -> Response:
@@ -175,11 +176,11 @@ async def place_order(redis: aioredis.Redis, settings: Settings, user_id: str, b
         pair = check_order(settings, body)
         if final is None or body.type == "limit":
             order = await _place(redis, pair, user_id, body)
-            metrics.ORDERS.labels("placed", "").inc()
+            _PLACED.inc()
             return order.public()
         async with final.watch(user_id, body.token_id) as event:  # subscribed before placing: cannot be missed
             order = await _place(redis, pair, user_id, body)
-            metrics.ORDERS.labels("placed", "").inc()
+            _PLACED.inc()
             try:
                 ev = await asyncio.wait_for(event, wait_s)
             except TimeoutError:

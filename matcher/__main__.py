@@ -4,6 +4,7 @@ import signal
 
 from matcher.engine import run_matcher
 from matcher.metrics import REGISTRY
+from shared import gctune
 from shared.logs import setup_logging
 from shared.prom import serve
 from shared.settings import get_settings
@@ -18,7 +19,8 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     server = serve(REGISTRY, settings.metrics.host, settings.metrics.matcher_port, "matcher")
     try:
-        await run_matcher(settings, stop)
+        with gctune.frozen():  # no full-heap collection stalling a fill (shared/gctune.py)
+            await run_matcher(settings, stop)
     finally:
         if server is not None:
             server.shutdown()

@@ -15,17 +15,19 @@ fill twice.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
-from collections.abc import Awaitable, Callable, Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import ledger, names
 from shared.ledger import Account, Fill, LedgerError, Order, PairRules
@@ -44,69 +46,162 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-async def transact(r: aioredis.Redis, keys: Sequence[str],
-                   step: Callable[[Pipeline], Awaitable[tuple[T, bool]]]) -> T:
-    """Run ``step`` under WATCH ``keys`` until its writes apply. ``step`` reads through the pipeline (immediate
-    mode), then either calls ``pipe.multi()`` and queues its writes (returning ``(result, True)``) or returns
-    ``(result, False)`` for a no-op. A ``LedgerError`` from ``step`` aborts with nothing written."""
+Cmd = tuple[Any, ...]
+
+
+def pack(cmds: Sequence[Cmd]) -> bytes:
+    """RESP-encode commands (str, bytes or int arguments) into one buffer: one write, one round trip."""
+    out: list[bytes] = []
+    add = out.append
+    for cmd in cmds:
+        add(b"*%d\r\n" % len(cmd))
+        for a in cmd:
+            if isinstance(a, str):
+                a = a.encode()
+            elif isinstance(a, int):
+                a = b"%d" % a
+            elif not isinstance(a, bytes):
+                raise TypeError(f"cannot send {type(a).__name__} to Redis")
+            add(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+# Connections kept out of the client's pool between transactions: taking one from the pool and giving it back
+# costs more CPU than a round trip (a lock, a readiness probe, observability hooks). They stay the pool's own,
+# so closing the client still closes them; a dropped one reconnects on its next use.
+_idle: weakref.WeakKeyDictionary[aioredis.Redis, list[Any]] = weakref.WeakKeyDictionary()
+IDLE_MAX = 32
+
+
+async def _acquire(r: aioredis.Redis) -> Any:
+    idle = _idle.get(r)
+    if idle:
+        return idle.pop()
+    return await r.connection_pool.get_connection()
+
+
+async def _release(r: aioredis.Redis, conn: Any) -> None:
+    idle = _idle.setdefault(r, [])
+    if len(idle) < IDLE_MAX:
+        idle.append(conn)
+    else:
+        await r.connection_pool.release(conn)
+
+
+async def _exchange(conn: Any, cmds: Sequence[Cmd]) -> list[Any]:
+    """Send ``cmds`` in one write and read their replies, within one socket timeout for them all (redis-py
+    would arm a timer per reply, which costs more than parsing it)."""
+    await conn.send_packed_command(pack(cmds))
+    deadline = asyncio.timeout(conn.socket_timeout)
+    try:
+        async with deadline:
+            return [await conn.read_response(timeout=math.inf) for _ in cmds]
+    except TimeoutError:
+        if deadline.expired():
+            await conn.disconnect()
+            raise RedisTimeoutError("Timeout reading from Redis") from None
+        raise
+
+
+async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
+                   step: Callable[[list[Any]], tuple[T, list[Cmd] | None]]) -> T:
+    """Run ``step`` under WATCH ``keys`` until its writes apply, in two round trips per attempt.
+
+    The first sends WATCH and the ``reads`` together; ``step`` (pure, synchronous) gets the replies of the
+    reads and returns ``(result, writes)``: ``writes`` is None for a no-op, else the commands the second round
+    trip sends inside MULTI/EXEC. A concurrent change of a watched key makes EXEC answer nil and the step is
+    recomputed from fresh state. A ``LedgerError`` from ``step`` aborts with nothing written.
+
+    redis-py's watch mode costs a round trip per command (WATCH, then each read), hence this lower-level
+    path on one connection of the client's pool."""
     reconnects = 0
     for attempt in range(MAX_ATTEMPTS):
-        async with r.pipeline(transaction=True) as pipe:
+        conn = await _acquire(r)
+        try:
             try:
-                try:
-                    await pipe.watch(*keys)
-                    result, write = await step(pipe)
-                except RedisConnectionError:
-                    # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
-                    # (a failure during EXEC itself is not retried: it may have applied).
-                    reconnects += 1
-                    if reconnects > 1:
-                        raise
-                    continue
-                if write:
-                    await pipe.execute()
+                replies = await _exchange(conn, [("WATCH", *keys), *reads])
+            except RedisConnectionError:
+                # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
+                # (a failure during EXEC itself is not retried: it may have applied).
+                await conn.disconnect()
+                reconnects += 1
+                if reconnects > 1:
+                    raise
+                continue
+            try:
+                result, writes = step(replies[1:])
+            except BaseException:
+                await _exchange(conn, [("UNWATCH",)])
+                raise
+            if writes is None:
+                await _exchange(conn, [("UNWATCH",)])
                 return result
-            except WatchError:
-                pass
+            done = (await _exchange(conn, [("MULTI",), *writes, ("EXEC",)]))[-1]
+            if done is not None:
+                for reply in done:
+                    if isinstance(reply, ResponseError):
+                        raise reply
+                return result
+        except BaseException:
+            # Replies may be left unread on the connection: never hand it back to the pool in that state.
+            await conn.disconnect()
+            raise
+        finally:
+            await _release(r, conn)
         await asyncio.sleep(random.uniform(0, min(0.02, 0.0002 * 2 ** min(attempt, 10))))
     raise Busy()
 
 
-# One round trip for the state a step reads (read-only: no arithmetic happens in Lua).
-_READ = "return {redis.call('GET', KEYS[2]), redis.call('HGETALL', KEYS[1])}"
+def _watched(user_id: str, token_id: str) -> list[str]:
+    return [names.balance_key(user_id), names.order_key(user_id, token_id)]
 
 
-async def _read_state(pipe: Pipeline, user_id: str, token_id: str) -> tuple[Order | None, Account]:
-    raw, flat = await pipe.execute_command("EVAL", _READ, 2, names.balance_key(user_id),
-                                           names.order_key(user_id, token_id))
+def _state_reads(user_id: str, token_id: str) -> list[Cmd]:
+    return [("GET", names.order_key(user_id, token_id)), ("HGETALL", names.balance_key(user_id))]
+
+
+def _hash(reply: Any) -> dict[Any, Any]:
+    """HGETALL's reply: a map in RESP3, a flat list in RESP2."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _state(replies: list[Any]) -> tuple[Order | None, Account]:
+    raw, flat = replies
     order = None if not raw else Order.from_dict(orjson.loads(raw))
-    return order, Account.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+    return order, Account.from_hash(_hash(flat))
 
 
-async def _read_account(pipe: Pipeline | aioredis.Redis, user_id: str) -> Account:
-    return Account.from_hash(await pipe.hgetall(names.balance_key(user_id)))
+async def _read_account(r: aioredis.Redis, user_id: str) -> Account:
+    return Account.from_hash(await r.hgetall(names.balance_key(user_id)))
 
 
-async def _read_order(pipe: Pipeline | aioredis.Redis, user_id: str, token_id: str) -> Order | None:
-    raw = await pipe.get(names.order_key(user_id, token_id))
+async def _read_order(r: aioredis.Redis, user_id: str, token_id: str) -> Order | None:
+    raw = await r.get(names.order_key(user_id, token_id))
     return None if raw is None else Order.from_dict(orjson.loads(raw))
 
 
-def _queue_events(pipe: Pipeline, order: Order, events: list[ledger.Event]) -> None:
-    for ev in events:
-        pipe.publish(names.user_events_channel(order.user_id), orjson.dumps(ev))
-    pipe.publish(names.ORDERS_CHANNEL, orjson.dumps(order.to_dict()))
+def _hset(key: str, mapping: dict[str, str]) -> list[Cmd]:
+    if not mapping:
+        return []
+    return [("HSET", key, *[x for kv in mapping.items() for x in kv])]
 
 
-def _queue_order(pipe: Pipeline, acct: Account, order: Order) -> None:
-    pipe.set(names.order_key(order.user_id, order.token_id), orjson.dumps(order.to_dict()))
-    bal = acct.to_hash()
-    if bal:
-        pipe.hset(names.balance_key(order.user_id), mapping=bal)  # type: ignore[arg-type]
+def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = ()) -> list[Cmd]:
+    """The order, the balances, the open index, ``extra``, then the events (the stored order JSON doubles as
+    the matcher's nudge on ``trading:orders``)."""
+    raw = orjson.dumps(order.to_dict())
+    out: list[Cmd] = [("SET", names.order_key(order.user_id, order.token_id), raw)]
+    out += _hset(names.balance_key(order.user_id), acct.to_hash())
     if order.is_open:
-        pipe.zadd(names.open_orders_key(order.user_id), {order.token_id: order.created_us})
+        out.append(("ZADD", names.open_orders_key(order.user_id), order.created_us, order.token_id))
     else:
-        pipe.zrem(names.open_orders_key(order.user_id), order.token_id)
+        out.append(("ZREM", names.open_orders_key(order.user_id), order.token_id))
+    out += extra
+    out += [("PUBLISH", names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
+    out.append(("PUBLISH", names.ORDERS_CHANNEL, raw))
+    return out
 
 
 def not_found(token_id: str) -> LedgerError:
@@ -119,49 +214,38 @@ async def deposit(r: aioredis.Redis, user_id: str, asset: str, amount: Decimal, 
                   max_total: Decimal | None = None) -> Account:
     key = names.balance_key(user_id)
 
-    async def step(pipe: Pipeline) -> tuple[Account, bool]:
-        acct = ledger.deposit(await _read_account(pipe, user_id), asset, amount)
+    def step(replies: list[Any]) -> tuple[Account, list[Cmd]]:
+        acct = ledger.deposit(Account.from_hash(_hash(replies[0])), asset, amount)
         if max_total is not None and acct.get(asset).total > max_total:
             raise LedgerError("amount_too_large", f"{asset} balance would exceed {max_total}", status=422)
-        pipe.multi()
-        pipe.hset(key, mapping=acct.to_hash())  # type: ignore[arg-type]
-        return acct, True
+        return acct, _hset(key, acct.to_hash())
 
-    return await transact(r, [key], step)
+    return await transact(r, [key], [("HGETALL", key)], step)
 
 
 async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: str, side: ledger.Side,
                 type_: ledger.OrderType, price: Decimal | None, quantity: Decimal, now_us: int) -> Order:
-    okey = names.order_key(user_id, token_id)
-
-    async def step(pipe: Pipeline) -> tuple[Order, bool]:
-        existing, account = await _read_state(pipe, user_id, token_id)
+    def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
+        existing, account = _state(replies)
         if existing is not None:
             raise LedgerError("duplicate_token_id", f"token_id {token_id!r} was already used", status=409)
         acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
-        pipe.multi()
-        _queue_order(pipe, acct, order)
-        pipe.zadd(names.orders_index_key(user_id), {token_id: now_us})
-        _queue_events(pipe, order, events)
-        return order, True
+        return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)])
 
-    return await transact(r, [names.balance_key(user_id), okey], step)
+    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
 async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int) -> Order:
-    async def step(pipe: Pipeline) -> tuple[Order, bool]:
-        order, account = await _read_state(pipe, user_id, token_id)
+    def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
+        order, account = _state(replies)
         if order is None:
             raise not_found(token_id)
         acct, o, events = ledger.cancel(account, order, now_us)
-        pipe.multi()
-        _queue_order(pipe, acct, o)
-        _queue_events(pipe, o, events)
-        return o, True
+        return o, _writes(acct, o, events)
 
-    return await transact(r, [names.balance_key(user_id), names.order_key(user_id, token_id)], step)
+    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
 async def modify(r: aioredis.Redis, rules_of: Callable[[str], PairRules], *, user_id: str, token_id: str,
@@ -169,20 +253,17 @@ async def modify(r: aioredis.Redis, rules_of: Callable[[str], PairRules], *, use
                  check: Callable[[Order, Decimal, Decimal], None] | None = None) -> Order:
     """``check(order, new_price, new_quantity)`` may raise to refuse (tick, lot, notional rules)."""
 
-    async def step(pipe: Pipeline) -> tuple[Order, bool]:
-        order, account = await _read_state(pipe, user_id, token_id)
+    def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
+        order, account = _state(replies)
         if order is None:
             raise not_found(token_id)
         if check is not None and order.is_open and order.price is not None:
             check(order, order.price if price is None else price, order.quantity if quantity is None else quantity)
         acct, o, events = ledger.modify(account, rules_of(order.symbol), order,
                                         price=price, quantity=quantity, now_us=now_us)
-        pipe.multi()
-        _queue_order(pipe, acct, o)
-        _queue_events(pipe, o, events)
-        return o, True
+        return o, _writes(acct, o, events)
 
-    return await transact(r, [names.balance_key(user_id), names.order_key(user_id, token_id)], step)
+    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,13 +280,13 @@ async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id
     Returns None when the order does not exist; when it is closed or the decision is to keep resting, the
     current order with a ``rest`` decision and nothing written."""
 
-    async def step(pipe: Pipeline) -> tuple[Applied | None, bool]:
-        order, acct = await _read_state(pipe, user_id, token_id)
+    def step(replies: list[Any]) -> tuple[Applied | None, list[Cmd] | None]:
+        order, acct = _state(replies)
         if order is None:
-            return None, False
+            return None, None
         d = decide(order) if order.is_open else REST
         if d.outcome == "rest":
-            return Applied(order, (), d), False
+            return Applied(order, (), d), None
         fills: list[Fill] = []
         if d.outcome == "fill":
             acct, o, fills, events = ledger.settle(acct, rules, order, d.legs, d.liquidity, now_us())
@@ -213,14 +294,10 @@ async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id
             acct, o, events = ledger.expire(acct, order, now_us(), d.reason)
         else:
             acct, o, events = ledger.reject(acct, order, now_us(), d.reason)
-        pipe.multi()
-        _queue_order(pipe, acct, o)
-        if fills:
-            pipe.rpush(names.fills_key(user_id), *[orjson.dumps(f.to_dict()) for f in fills])
-        _queue_events(pipe, o, events)
-        return Applied(o, tuple(fills), d), True
+        extra = [("RPUSH", names.fills_key(user_id), *[orjson.dumps(f.to_dict()) for f in fills])] if fills else []
+        return Applied(o, tuple(fills), d), _writes(acct, o, events, extra)
 
-    return await transact(r, [names.balance_key(user_id), names.order_key(user_id, token_id)], step)
+    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
 # --- reads ---------------------------------------------------------------------------------------

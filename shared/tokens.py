@@ -30,6 +30,11 @@ def issue(user_id: str, secret: str, ttl_s: int, *, now: float | None = None, us
 
 def verify(token: str, secret: str) -> str:
     """The token's subject (user id); ``TokenError`` for anything expired, forged, unsigned or malformed."""
+    return verify_claims(token, secret)[0]
+
+
+def verify_claims(token: str, secret: str) -> tuple[str, float]:
+    """The token's subject and expiry (epoch seconds); ``TokenError`` as ``verify``."""
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise TokenError("malformed token")
     try:
@@ -41,4 +46,29 @@ def verify(token: str, secret: str) -> str:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise TokenError("invalid token: bad subject")
-    return sub
+    return sub, float(claims["exp"])
+
+
+class VerifiedTokens:
+    """Tokens verified in the last ``ttl_s`` seconds, so a client's every request does not pay for the HMAC and
+    the JSON decoding again. A hit still honours the token's ``exp``; only successes are kept, keyed by the
+    token string and the secret. Bounded: the oldest entries go first."""
+
+    def __init__(self, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._seen: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def verify(self, token: str, secret: str, *, now: float | None = None) -> str:
+        t = time.time() if now is None else now
+        key = (token, secret)
+        hit = self._seen.get(key)
+        if hit is not None:
+            if t < hit[1]:
+                return hit[0]
+            del self._seen[key]
+        sub, exp = verify_claims(token, secret)
+        if len(self._seen) >= self.max_entries:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = (sub, min(exp, t + self.ttl_s))
+        return sub

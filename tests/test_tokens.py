@@ -37,3 +37,29 @@ def test_alg_none_rejected() -> None:
 def test_short_secret_refused() -> None:
     with pytest.raises(tokens.TokenError):
         tokens.issue("u1", "short", 60)
+
+
+@pytest.mark.parametrize("make", test_rejects.pytestmark[0].args[1])  # type: ignore[attr-defined]
+def test_cache_rejects_the_same(make) -> None:  # type: ignore[no-untyped-def]
+    cache = tokens.VerifiedTokens()
+    for _ in range(2):
+        with pytest.raises(tokens.TokenError):
+            cache.verify(make(), SECRET)
+
+
+def test_cache_honours_expiry_secret_and_bound() -> None:
+    import time
+    now = time.time()
+    cache = tokens.VerifiedTokens(ttl_s=30, max_entries=2)
+    tok = tokens.issue("u1", SECRET, 10, now=now)
+    assert cache.verify(tok, SECRET, now=now) == "u1"
+    assert cache.verify(tok, SECRET, now=now + 9) == "u1"  # a hit
+    old = tokens.issue("u1", SECRET, 10, now=now - 20)  # expired for real; cached as if verified back then
+    cache._seen[(old, SECRET)] = ("u1", now - 10)
+    with pytest.raises(tokens.TokenError):
+        cache.verify(old, SECRET, now=now)  # past its expiry: dropped and verified again
+    with pytest.raises(tokens.TokenError):
+        cache.verify(tok, "o" * 64, now=now)  # another secret never hits
+    for i in range(5):
+        assert cache.verify(tokens.issue(f"u{i}", SECRET, 60, now=now), SECRET, now=now) == f"u{i}"
+    assert len(cache._seen) <= 2
