@@ -35,7 +35,7 @@ from shared.timeutil import now_us
 
 log = logging.getLogger("matcher")
 
-RECONCILE_S = 10.0
+RECONCILE_S = 60.0  # a safety net only: a pub/sub reconnect already triggers a full recovery
 HEARTBEAT_S = 1.0  # ``names.MATCHER_ALIVE_KEY`` is rewritten this often ...
 HEARTBEAT_TTL_MS = 5000  # ... and expires after this long (the gateway's /ready reads it)
 # Market/IOC orders found on recovery wait (at most this long) for every feed's first heartbeat before being
