@@ -153,13 +153,18 @@ async def bbo(r: aioredis.Redis, bid: str, ask: str) -> int:
     return t
 
 
-async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> None:
-    users = [f"bench{i}" for i in range(clients)]
-    toks = [tokens.issue(u, SECRET, 3600) for u in users]
-    conns = [Http(port) for _ in users]
+async def funded_clients(port: int, prefix: str, n: int) -> tuple[list[str], list[Http]]:
+    """``n`` users with a token, a keep-alive connection and plenty of USDT each."""
+    toks = [tokens.issue(f"{prefix}{i}", SECRET, 3600) for i in range(n)]
+    conns = [Http(port) for _ in toks]
     for c, t in zip(conns, toks, strict=True):
         st, body = await c.request("POST", "/deposit", t, b'{"asset":"USDT","amount":1000000000}')
         assert st == 200, body
+    return toks, conns
+
+
+async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> None:
+    toks, conns = await funded_clients(port, "bench", clients)
     lat: list[float] = []
     accepted = rejected = 0
     cpu.start()
@@ -196,12 +201,7 @@ async def offered_load(port: int, clients: int, rate: float, seconds: float, cpu
     """Open loop: ``clients`` connections together offer ``rate`` orders/s on a fixed schedule; each latency is
     measured from the order's *scheduled* send time, so a slow server cannot hide its queueing (no coordinated
     omission)."""
-    users = [f"load{i}" for i in range(clients)]
-    toks = [tokens.issue(u, SECRET, 3600) for u in users]
-    conns = [Http(port) for _ in users]
-    for c, t in zip(conns, toks, strict=True):
-        st, body = await c.request("POST", "/deposit", t, b'{"asset":"USDT","amount":1000000000}')
-        assert st == 200, body
+    toks, conns = await funded_clients(port, "load", clients)
     lat: list[float] = []
     accepted = 0
     interval = clients / rate  # each connection's share of the schedule
