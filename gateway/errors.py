@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -85,7 +85,8 @@ class ValidationIssue(BaseModel):
 
 
 class ValidationErrorOut(ErrorOut):
-    errors: list[ValidationIssue]
+    # Only request validation fills it; a route's own 422 (``unknown_asset``...) is a plain ErrorOut.
+    errors: list[ValidationIssue] = Field(default_factory=list, description="Present when the request failed schema validation")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "detail": "password: must be 8 to 72 bytes in UTF-8",

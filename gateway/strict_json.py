@@ -7,6 +7,7 @@
   integers stay ``int``;
 - ``NaN``, ``Infinity``, ``-Infinity`` (which ``json.loads`` accepts) are refused;
 - nesting deeper than ``MAX_DEPTH`` is refused before parsing (no ``RecursionError``);
+- duplicate keys in an object (``{"asset": "USDT", "asset": "BTC"}``: which one was meant?) are refused;
 - bytes that are not UTF-8, integers of thousands of digits and lone UTF-16 surrogates
   (``"\\ud800"``, which cannot be stored or re-encoded) are refused.
 
@@ -55,6 +56,15 @@ def _depth(text: str) -> int:
     return deepest
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise BadJson(f"invalid JSON: duplicate key {dup[:40]!r}")
+    return obj
+
+
 def _check_strings(obj: Any) -> None:
     stack = [obj]
     while stack:
@@ -80,7 +90,7 @@ def loads(data: bytes | str) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise BadJson(f"JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        obj = json.loads(text, parse_float=Decimal, parse_constant=_constant)
+        obj = json.loads(text, parse_float=Decimal, parse_constant=_constant, object_pairs_hook=_object)
     except BadJson:
         raise
     except json.JSONDecodeError as e:

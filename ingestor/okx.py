@@ -29,6 +29,7 @@ from ingestor.parsing import (
     ms_to_us,
     price,
     size,
+    trade_id,
     trade_size,
 )
 from shared.schema import BBO, Book, Trade
@@ -119,10 +120,8 @@ class OkxParser:
         return Book(EXCHANGE, symbol, bids, asks, integer(d.get("seqId", 0)), ms_to_us(d["ts"]), ts_recv_us)
 
     def _trade(self, d: dict[str, Any], symbol: str, ts_recv_us: int) -> Trade:
-        side, trade_id = d["side"], d["tradeId"]
+        side = d["side"]
         if side != "buy" and side != "sell":
             raise FrameError("bad_field", f"side {side!r:.20}")
-        if type(trade_id) is not str or not trade_id:
-            raise FrameError("bad_field", f"tradeId {trade_id!r:.30}")
-        return Trade(EXCHANGE, symbol, trade_id, price(d["px"]), trade_size(d["sz"]), side, ms_to_us(d["ts"]),
+        return Trade(EXCHANGE, symbol, trade_id(d["tradeId"]), price(d["px"]), trade_size(d["sz"]), side, ms_to_us(d["ts"]),
                      ts_recv_us)

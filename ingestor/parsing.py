@@ -7,6 +7,7 @@ Everything here is pure: no I/O, no clock (the receive time is passed in).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -48,6 +49,12 @@ class Control:
 ParseResult = list[MdMessage] | Control
 
 _ZERO = Decimal(0)
+# Exchanges send plain decimal strings ("64000.10"). Anything else (exponents such as "1E-999999", which
+# would print as a million digits, "1_000", " 1", non-ASCII digits, 400-digit strings) is refused.
+_PLAIN_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?", re.ASCII)
+# Timestamps after 2100-01-01 are absurd (and in microseconds would overflow a 64-bit integer on the wire).
+MAX_TS_MS = 4_102_444_800_000
+MAX_TRADE_ID = 64
 
 
 def load_object(frame: str | bytes) -> dict[str, Any]:
@@ -62,8 +69,8 @@ def load_object(frame: str | bytes) -> dict[str, Any]:
 
 
 def price(v: Any) -> Decimal:
-    if type(v) is not str:
-        raise FrameError("bad_number", f"price is not a string: {v!r:.40}")
+    if type(v) is not str or _PLAIN_DECIMAL.fullmatch(v) is None:
+        raise FrameError("bad_number", f"price is not a plain decimal string: {v!r:.40}")
     d = Decimal(v)
     if not d.is_finite() or d <= _ZERO or d > MAX_AMOUNT:
         raise FrameError("bad_number", f"absurd price {v!r:.40}")
@@ -71,8 +78,8 @@ def price(v: Any) -> Decimal:
 
 
 def size(v: Any) -> Decimal:
-    if type(v) is not str:
-        raise FrameError("bad_number", f"size is not a string: {v!r:.40}")
+    if type(v) is not str or _PLAIN_DECIMAL.fullmatch(v) is None:
+        raise FrameError("bad_number", f"size is not a plain decimal string: {v!r:.40}")
     d = Decimal(v)
     if not d.is_finite() or d < _ZERO or d > MAX_AMOUNT:
         raise FrameError("bad_number", f"absurd size {v!r:.40}")
@@ -96,14 +103,21 @@ def integer(v: Any) -> int:
 def ms_to_us(v: Any) -> int:
     """Exchange milliseconds (a JSON number on Binance, a digit string on OKX) -> microseconds."""
     if type(v) is str:
-        if not v.isdigit():
+        if not (v.isascii() and v.isdigit()) or len(v) > 20:
             raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
         v = int(v)
     elif type(v) is not int:
         raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
-    if v <= 0:
+    if v <= 0 or v > MAX_TS_MS:
         raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
     return v * 1000
+
+
+def trade_id(v: Any) -> str:
+    """A trade id as a short printable ASCII string (OKX sends a string, Binance a number)."""
+    if type(v) is not str or not v or len(v) > MAX_TRADE_ID or not (v.isascii() and v.isprintable()):
+        raise FrameError("bad_field", f"tradeId {v!r:.30}")
+    return v
 
 
 def levels(raw: Any, descending: bool) -> tuple[Level, ...]:

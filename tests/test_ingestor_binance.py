@@ -91,7 +91,7 @@ GOOD_TRADE = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 9, "p": "100", "q": "1"
     (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "B": "-0.5"}), "bad_number"),
     (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "b": 100.0}), "bad_number"),
     (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "b": "1e30"}), "bad_number"),
-    (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "b": "abc"}), "malformed"),
+    (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "b": "abc"}), "bad_number"),
     (wrap("btcusdt@bookTicker", {k: v for k, v in GOOD_TICKER.items() if k != "A"}), "malformed"),
     (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "b": "100.2"}), "crossed"),
     (wrap("btcusdt@bookTicker", {**GOOD_TICKER, "s": "ETHUSDT"}), "unknown_symbol"),

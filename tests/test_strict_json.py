@@ -32,3 +32,10 @@ def test_accepted_edge_cases() -> None:
     assert strict_json.loads(b'{"s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
     assert strict_json.loads(b'{"e": "\\ud83d\\ude00"}') == {"e": "\U0001f600"}  # a valid surrogate pair
     assert strict_json.loads('{"k": "caf\u00e9"}') == {"k": "caf\u00e9"}
+
+
+@pytest.mark.parametrize("raw", [b'{"asset": "USDT", "asset": "BTC"}', b'{"a": {"b": 1, "b": 1}}',
+                                 b'[{"x": 1}, {"x": 2, "x": 3}]', b'{"a": 1, "\\u0061": 2}'])
+def test_duplicate_keys_refused(raw: bytes) -> None:  # found by fuzzing: the last key silently won
+    with pytest.raises(BadJson, match="duplicate key"):
+        strict_json.loads(raw)
