@@ -71,8 +71,9 @@ from starlette.responses import Response
 
 from gateway import strict_json
 from gateway.errors import ApiError, register_codes
+from shared.money import MAX_AMOUNT
 
-MAX_ABS = Decimal("1e15")
+MAX_ABS = MAX_AMOUNT
 MAX_PLACES = 18
 MAX_DIGITS = 28  # the default Decimal context precision: one value never rounds
 SCOPE_JSON_KEY = "sr.json_body"

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from gateway.schemas import to_decimal
 from shared.klines import INTERVALS_US
-from shared.money import BadDecimal, fmt, parse_decimal
+from shared.money import fmt
 from shared.settings import EXCHANGES, Settings
 
 EXCHANGE_FILTERS: tuple[str, ...] = ("all", *EXCHANGES)
@@ -71,14 +72,12 @@ def _choice(msg: dict[str, Any], field: str, allowed: tuple[str, ...] | list[str
 def parse_half_life(v: Any) -> Decimal:
     if v is None:
         raise WsError("bad_half_life", "missing 'half_life' (seconds, a positive number)")
-    if isinstance(v, Decimal):  # from a topic string
-        v = str(v)
-    elif isinstance(v, str) or isinstance(v, bool):
+    if isinstance(v, str) or isinstance(v, bool):
         raise WsError("bad_half_life", "half_life must be a JSON number of seconds")
     try:
-        d = parse_decimal(v, field="half_life")
-    except BadDecimal as e:
-        raise WsError("bad_half_life", str(e)) from None
+        d = to_decimal(v)
+    except ValueError as e:
+        raise WsError("bad_half_life", f"half_life {e}") from None
     if d <= 0:
         raise WsError("bad_half_life", "half_life must be positive")
     if d < HALF_LIFE_MIN or d > HALF_LIFE_MAX:
@@ -112,8 +111,8 @@ def parse_topic(topic: Any, settings: Settings) -> Spec:
         msg["interval"] = parts[3]
     elif len(parts) == 4 and parts[0] == "ewma":
         try:
-            msg["half_life"] = parse_decimal(parts[3])
-        except BadDecimal:
+            msg["half_life"] = to_decimal(parts[3])
+        except ValueError:
             raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
     elif len(parts) != 3:
         raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}")

@@ -2,8 +2,9 @@ from decimal import Decimal
 
 import pytest
 
+from gateway.schemas import to_decimal
 from shared import names
-from shared.money import BadDecimal, fmt, parse_decimal
+from shared.money import fmt
 from shared.schema import BBO, Book, FeedStatus, SchemaError, Trade, decode, encode
 
 
@@ -36,13 +37,13 @@ def test_names_are_built_in_one_place() -> None:
 
 @pytest.mark.parametrize("v", ["NaN", "Infinity", "-inf", "1e400", None, True, "", "abc", [1], {"a": 1}, float("nan")])
 def test_parse_decimal_rejects(v: object) -> None:
-    with pytest.raises(BadDecimal):
-        parse_decimal(v)
+    with pytest.raises(ValueError):
+        to_decimal(v)
 
 
 def test_parse_decimal_and_fmt() -> None:
-    assert parse_decimal(0.1) == Decimal("0.1")
-    assert parse_decimal("50000") == Decimal(50000)
+    assert to_decimal(0.1) == Decimal("0.1")
+    assert to_decimal("50000") == Decimal(50000)
     assert fmt(Decimal("0.00010")) == "0.0001"
     assert fmt(Decimal("1E+2")) == "100"
     assert fmt(Decimal("0E-8")) == "0"
