@@ -7,7 +7,7 @@ FEED ?= live
 PORT ?= 8000
 export PORT FEED
 
-.PHONY: run test lint demo bench clean venv
+.PHONY: run test lint demo bench clean venv soak-ws
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -33,6 +33,14 @@ demo: $(STAMP)  # against a running `make run FEED=sim` (same PORT)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+# A client that stops reading, for minutes: WS_SOAK_STOPPED paused client processes, the feed kept going
+# WS_SOAK_S seconds; RSS bounded, every stopped client dropped, a good client gets every trade (tests/test_ws_abuse.py).
+WS_SOAK_S ?= 180
+WS_SOAK_STOPPED ?= 20
+soak-ws: $(STAMP)
+	SR_SOAK_WS_SECONDS=$(WS_SOAK_S) SR_SOAK_WS_STOPPED=$(WS_SOAK_STOPPED) $(BIN)/python -m pytest \
+		tests/test_ws_abuse.py -k stopped -s --timeout $$(( $(WS_SOAK_S) + 300 ))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -326,9 +326,10 @@ def machine_busy() -> float:
 
 
 def start_gateway(redis_url: str, variant: str, workers: int, port: int, server: str,
-                  cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
+                  cpus: set[int] | None = None, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING",
-           "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000"}
+           "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000",
+           **(extra_env or {})}
     cmd = [sys.executable, "-m", "gateway"]
     if server != "frames":  # one of uvicorn's own implementations, everything else as python -m gateway
         cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",

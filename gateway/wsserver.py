@@ -7,16 +7,48 @@ application a *frame sink* through the ASGI scope extension ``FRAMES_EXTENSION``
 writes its pending frames, already framed, in one ``transport.write`` per event-loop turn, with no task
 wake-up. Everything else (handshake, receiving, close, pings) is uvicorn's. The sink is only offered
 when no WebSocket extension was negotiated, as the shared frames are uncompressed.
+
+A client that stops reading must not keep its connection (and the frames buffered for it) forever: asyncio's
+``transport.close()`` waits until every buffered byte has been sent, which a paused peer never allows. So
+here a close never waits for the transport to become writable (the close frame goes behind what is pending),
+and a transport closed with bytes still unsent is aborted after ``CLOSE_DRAIN_S``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 FRAMES_EXTENSION = "simple_router.frames"
+CLOSE_TIMEOUT_S = 5.0  # after our close frame, wait this long for the client's (uvicorn: 10 s)
+CLOSE_DRAIN_S = 5.0  # a closed transport still holding unsent bytes after this long is aborted
+
+
+class _DrainDeadline:
+    """The connection's transport, except that ``close()`` with bytes still buffered aborts after a deadline."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._t = transport
+        self._loop = loop
+        self.timer: asyncio.TimerHandle | None = None
+        self.write = transport.write  # the hot path, without __getattr__
+        self.is_closing = transport.is_closing
+
+    def close(self) -> None:
+        if self.timer is None and not self._t.is_closing() and self._t.get_write_buffer_size():
+            self.timer = self._loop.call_later(CLOSE_DRAIN_S, self._t.abort)
+        self._t.close()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._t, name)
 
 
 class FrameSink(WebSocketsSansIOProtocol):
@@ -25,6 +57,11 @@ class FrameSink(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_resume: Callable[[], None] | None = None
+        self.close_timeout = CLOSE_TIMEOUT_S
+        self._paused = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(_DrainDeadline(transport, self.loop))
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -42,12 +79,32 @@ class FrameSink(WebSocketsSansIOProtocol):
                 and not self.transport.is_closing():
             self.transport.write(data)
 
+    def pause_writing(self) -> None:
+        self._paused = True
+        super().pause_writing()
+
     def resume_writing(self) -> None:
+        self._paused = False
         super().resume_writing()
         if self.on_resume is not None:
             self.on_resume()
 
+    async def send(self, message: Any) -> None:
+        if message["type"] != "websocket.close" or not self._paused:
+            await super().send(message)
+            return
+        # uvicorn waits for the transport to be writable before any send, a close included: a client that
+        # stopped reading would hold it forever. The close frame is small; it queues behind the pending bytes.
+        self.writable.set()
+        try:
+            await super().send(message)
+        finally:
+            if self._paused and not self.disconnected:
+                self.writable.clear()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(self.transport, _DrainDeadline):
+            self.transport.cancel()
         super().connection_lost(exc)
         if self.on_resume is not None:  # lets the queue notice, like a resumed writer would
             self.on_resume()
