@@ -8,6 +8,7 @@ step go to ``test-artifacts/dashboard/`` (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -98,7 +99,7 @@ def price(page: Any, sel: str, factor: str) -> str:
     return str((Decimal(text(page, sel)) * Decimal(factor)).quantize(TICK, ROUND_DOWN))
 
 
-def wait_js(page: Any, expr: str, arg: Any = None, timeout: float = 20) -> None:
+def wait_js(page: Any, expr: str, arg: Any = None, timeout: float = 30) -> None:
     page.wait_for_function(expr, arg=arg, timeout=timeout * 1000)
 
 
@@ -117,14 +118,27 @@ def place(page: Any, side: str, type_: str, price_: str, qty: str) -> None:
     page.click("#order-submit")
 
 
-def row_changes(page: Any, sel: str, timeout: float = 20) -> None:
+def row_changes(page: Any, sel: str, timeout: float = 30) -> None:
     before = text(page, sel)
     wait_js(page, "([sel, before]) => document.querySelector(sel).innerText.trim() !== before", [sel, before],
             timeout)
 
 
+@contextlib.contextmanager
+def on_failure_show(page: Any) -> Iterator[None]:
+    """A failing step leaves a screenshot and what the page said."""
+    try:
+        yield
+    except BaseException:
+        shot(page, "99-failure")
+        said = {sel: page.inner_text(sel) for sel in ("#banner", "#login-error", "#controls-error", "#order-error",
+                                                       "#order-result", "#deposit-error", "#orders-error", "#events")}
+        print(f"dashboard at failure: {said}; console: {page.errors}")
+        raise
+
+
 def test_trader_session_in_chromium(stack: Launched) -> None:
-    with browser_page() as page:
+    with browser_page() as page, on_failure_show(page):
         page.goto(stack.url + "/")
         page.wait_for_selector("#login-form", state="visible")
         shot(page, "01-login")
