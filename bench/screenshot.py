@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_timeout(1500)
             page.wait_for_timeout(max(0.0, args.seconds - (time.monotonic() - t0)) * 1000)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(args.out))
+            page.screenshot(path=str(args.out), full_page=True)
     print(f"saved {args.out}")
     return 0
 

@@ -171,7 +171,7 @@ def test_trader_session_in_chromium(stack: Launched) -> None:
         wait_js(page, "() => document.querySelector('#bal-BTC .total')?.innerText !== '0'")
         wait_js(page, "() => Number(document.querySelector('#bal-USDT .total').innerText) < 100000")
         assert text(page, "#bal-BTC .total") == "0.001"
-        assert page.locator("#orders tbody tr").count() == 0
+        wait_js(page, "() => document.querySelectorAll('#orders tbody tr').length === 0")
         shot(page, "03-filled")
 
         # A resting buy reserves USDT; modify its price, then cancel it.

@@ -29,6 +29,7 @@ const state = {
   exchange: prefs.exchange || 'all',
   halfLife: prefs.halfLife || '30',
   orders: new Map(),
+  versions: new Map(), // token_id -> highest order version seen
   touch: {},
 };
 const savePrefs = () => localStorage.setItem('sr.prefs', JSON.stringify(
@@ -285,7 +286,7 @@ async function initChart() {
     autoSize: true,
     layout: { background: { type: ColorType.Solid, color: '#171e26' }, textColor: '#9aa6b2', attributionLogo: false },
     grid: { vertLines: { color: '#1f2833' }, horzLines: { color: '#1f2833' } },
-    timeScale: { timeVisible: true, secondsVisible: true, borderColor: '#26313d', barSpacing: 9, rightOffset: 4 },
+    timeScale: { timeVisible: true, secondsVisible: true, borderColor: '#26313d', barSpacing: 12, rightOffset: 4 },
     rightPriceScale: { borderColor: '#26313d' },
     localization: { timeFormatter: (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false }) },
   });
@@ -349,7 +350,13 @@ async function refreshAccount() {
   refreshBalance();
   try {
     const out = await api('GET', '/orders?status=open&limit=500');
-    state.orders = new Map(out.orders.map((o) => [o.token_id, o]));
+    const fresh = new Map();
+    for (const o of out.orders) {
+      const known = state.versions.get(o.token_id) ?? -1;
+      if (Number(o.version) >= known) { state.versions.set(o.token_id, Number(o.version)); fresh.set(o.token_id, o); }
+      else if (state.orders.has(o.token_id)) fresh.set(o.token_id, state.orders.get(o.token_id));
+    }
+    state.orders = fresh; // an order missing from the answer was closed meanwhile
     renderOrders();
   } catch (e) { $('#orders-error').textContent = `${e.message} (${e.code})`; }
 }
@@ -363,8 +370,11 @@ function renderBalance(b) {
 }
 
 function upsertOrder(o) {
-  const old = state.orders.get(o.token_id);
-  if (old && Number(old.version) > Number(o.version)) return;
+  // The REST answer and the order events race (a fill can be announced before the answer that placed it):
+  // the highest version seen of each order wins, closed ones included.
+  const v = Number(o.version);
+  if ((state.versions.get(o.token_id) ?? -1) >= v) return;
+  state.versions.set(o.token_id, v);
   if (o.status === 'open') state.orders.set(o.token_id, o); else state.orders.delete(o.token_id);
   renderOrders();
 }
@@ -373,7 +383,7 @@ function renderOrders() {
   const rows = [...state.orders.values()].sort((a, b) => b.created_us - a.created_us).map((o) => {
     const dec = decimalsOf(state.symbols.get(o.symbol)?.tick_size ?? '0.01');
     const row = el('tr', { id: `order-${o.token_id}`, dataset: { token: o.token_id } },
-      el('td', { title: o.token_id }, o.token_id.slice(-10)), el('td', {}, o.symbol),
+      el('td', { title: o.token_id }, o.token_id.replace(/^web-/, '')), el('td', {}, o.symbol),
       el('td', { class: `side-${o.side}` }, `${o.side} ${o.type}`),
       el('td', { class: 'num price' }, o.price == null ? 'market' : fmt(o.price, dec)),
       el('td', { class: 'num qty' }, String(o.quantity)), el('td', { class: 'num' }, String(o.filled_quantity)),
@@ -390,7 +400,7 @@ function onOrderEvent(ev) {
   refreshBalanceSoon();
   const o = ev.order;
   const px = o.average_price ?? o.price ?? 'market';
-  const li = el('li', { class: 'flash' }, `${new Date().toLocaleTimeString([], { hour12: false })} ${ev.event}: ${o.side} ${o.quantity} ${o.symbol} @ ${px} (${o.token_id.slice(-10)})`);
+  const li = el('li', { class: 'flash' }, `${new Date().toLocaleTimeString([], { hour12: false })} ${ev.event}: ${o.side} ${o.quantity} ${o.symbol} @ ${px} (${o.token_id.replace(/^web-/, '')})`);
   $('#events').prepend(li);
   while ($('#events').children.length > 5) $('#events').lastChild.remove();
 }
