@@ -224,3 +224,28 @@ def test_page_without_chart_library(stack: Launched) -> None:
         assert text(page, "#chart-msg") == "chart library not installed (run make)"
         wait_js(page, "() => document.querySelector('#touch-all .bid').innerText.trim() !== ''")
         shot(page, "08-no-chart-library")
+
+
+def test_exchange_filter_and_expired_session(stack: Launched) -> None:
+    with browser_page(1200, 800) as page, on_failure_show(page):
+        page.goto(stack.url + "/")
+        page.fill("#username", f"filter{os.getpid()}")
+        page.fill("#password", "correct horse battery")
+        page.click("#register-btn")
+        page.wait_for_selector("#app", state="visible")
+        page.select_option("#exchange", "okx")
+        wait_js(page, "() => document.querySelectorAll('#trades tbody tr').length >= 3")
+        exchanges = page.eval_on_selector_all("#trades tbody tr td:nth-child(2)", "tds => tds.map(t => t.innerText)")
+        assert set(exchanges) == {"okx"}, exchanges
+        assert "okx" in page.text_content("#chart-title")
+        # A half-life the server refuses is shown next to the controls.
+        page.fill("#half-life", "0")
+        page.press("#half-life", "Enter")
+        wait_js(page, "() => document.querySelector('#controls-error').innerText.includes('bad_half_life')")
+        assert page.locator("#half-life.invalid").count() == 1
+        # A token the server no longer accepts: back to the login form.
+        page.evaluate("sessionStorage.setItem('sr.token', 'x.eyJleHAiOjQxMDI0NDQ4MDB9.y')")
+        page.reload()
+        page.wait_for_selector("#login-form", state="visible")
+        assert "Session expired" in text(page, "#login-error")
+        shot(page, "09-session-expired")
