@@ -1,4 +1,10 @@
 # One image for every process; the compose file picks the command.
+# The dashboard's charting library, from the npm registry (gateway/web/package-lock.json).
+FROM node:20-slim AS web
+WORKDIR /web
+COPY gateway/web/package.json gateway/web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -20,6 +26,7 @@ COPY config ./config
 COPY shared ./shared
 COPY ingestor ./ingestor
 COPY gateway ./gateway
+COPY --from=web /web/node_modules ./gateway/web/node_modules
 COPY matcher ./matcher
 COPY simulator ./simulator
 COPY client ./client

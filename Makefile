@@ -9,11 +9,16 @@ export PORT FEED
 
 .PHONY: run test lint demo bench clean venv soak-ws
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@# The dashboard's charting library (gateway/web/package-lock.json); without npm the page says so.
+	if command -v npm >/dev/null 2>&1; then \
+	  cd gateway/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error \
+	    || echo "npm ci failed: the dashboard will run without its chart"; \
+	else echo "npm not found: the dashboard will run without its chart (gateway/web)"; fi
 	touch $(STAMP)
 
 venv: $(STAMP)
