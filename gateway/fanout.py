@@ -49,7 +49,9 @@ class RedisHub:
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._dirty = False  # the connection may hold fewer channels than wanted: the reader reconnects
         self.messages = 0
+        self.reconnect_failures = 0
 
     @property
     def channels(self) -> dict[str, int]:
@@ -103,7 +105,10 @@ class RedisHub:
                     await self._pubsub.unsubscribe(channel)
             except (RedisError, OSError) as e:  # the reader reconnects and resubscribes what is wanted
                 log.warning("redis (un)subscribe %s failed: %r", channel, e)
-            if self._subscribed:
+                self._dirty = True
+            # The reader follows what is *wanted*: a channel whose subscribe failed must still bring it to
+            # reconnect, or that channel would never be subscribed.
+            if self._refs:
                 self._has_channels.set()
             else:
                 self._has_channels.clear()
@@ -115,6 +120,10 @@ class RedisHub:
                 # redis-py does not read a pub/sub connection that has no channel: wait for the first one.
                 await self._has_channels.wait()
                 assert self._pubsub is not None
+                # A lost connection or a failed (re)subscribe: a fresh connection with every wanted channel.
+                # (get_message on a pub/sub that never subscribed raises RuntimeError at once: a busy loop.)
+                if self._dirty or self._pubsub.connection is None:
+                    await self._reconnect()
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 backoff = 0.2
                 if msg is None or msg.get("type") != "message":
@@ -127,14 +136,16 @@ class RedisHub:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as e:
+                self._dirty = True
+                self.reconnect_failures += 1
                 log.warning("redis pub/sub connection lost (%r); reconnecting in %.1fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                await self._reconnect()
             except Exception:  # a bad message must never kill the reader
                 log.exception("fan-out dispatch failed")
 
     async def _reconnect(self) -> None:
+        """A new pub/sub connection subscribed to every wanted channel; raises (and stays dirty) on failure."""
         async with self._lock:
             old = self._pubsub
             assert self._redis is not None
@@ -143,12 +154,10 @@ class RedisHub:
             if old is not None:
                 with contextlib.suppress(Exception):
                     await old.aclose()
-            try:
-                if self._refs:
-                    await self._pubsub.subscribe(*self._refs)
-                    self._subscribed.update(self._refs)
-            except (RedisError, OSError) as e:
-                log.warning("resubscribe failed: %r", e)
+            if self._refs:
+                await self._pubsub.subscribe(*self._refs)
+                self._subscribed.update(self._refs)
+            self._dirty = False
 
 
 class Sink(Protocol):

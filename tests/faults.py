@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -114,7 +114,8 @@ async def open_tokens(r: aioredis.Redis, user: str) -> set[str]:
 
 async def burst_with_fault(st: Stack, fault: Callable[[], Awaitable[float]], *, users: int = 4,
                            per_client: int = 40, clients_per_user: int = 2, seed: int = 0) -> Outcome:
-    """Deposit, then a burst of limit buys (some marketable at once, most resting) while the touch moves;
+    """Deposit, then a burst of buys (limit: some marketable at once, most resting; every fifth an IOC that
+    must fill) while the touch moves;
     ``fault()`` runs once a third of them are acknowledged and returns its recovery time. Then the ask drops
     below every price: every acknowledged order must fill. Ends with the full audit of every user."""
     rnd = random.Random(seed)
@@ -138,6 +139,8 @@ async def burst_with_fault(st: Stack, fault: Callable[[], Awaitable[float]], *, 
                     token = f"{user}-{k}-{i}"
                     price = rnd.randrange(48_000, 49_600, 10)
                     body = {"token_id": token, "symbol": SYMBOL, "side": "buy", "price": price, "quantity": "0.001"}
+                    if i % 5 == 4:  # an IOC above every ask of the walk: fills on arrival, or on recovery
+                        body.update(type="ioc", price=HIGH_ASK + 100)
                     if await place(c, h, body, out, time.monotonic() + 60):
                         out.acked[user].add(token)
 
@@ -191,3 +194,40 @@ async def matcher_beat_after(st: Stack, t_us: int, within: float = 60) -> None:
         await wait_for(beat, within, "a matcher heartbeat", every=0.1)
     finally:
         await r.aclose()
+
+
+@contextlib.asynccontextmanager
+async def sim_prices(sim: Any, tops: dict[str, tuple[str, str]], every_s: float = 0.25) -> AsyncIterator[None]:
+    """Take BTCUSDT from the simulator's random walk and push ``tops[exchange] = (bid, ask)`` (mutable: change
+    it to move a price) on both exchanges every ``every_s``; the other pairs keep walking."""
+    sim.pause(SYMBOL)
+
+    async def push() -> None:
+        while True:
+            for ex, (bid, ask) in list(tops.items()):
+                with contextlib.suppress(Exception):
+                    await sim.server(ex).push_bbo(SYMBOL, bid=bid, ask=ask, bid_qty="5", ask_qty="5")
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(push())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sim.resume(SYMBOL)
+
+
+async def wait_feeds(st: Stack, live: set[str], within: float = 30) -> None:
+    """Wait until the gateway's /ready reports exactly ``live`` as the live exchanges."""
+    async with httpx.AsyncClient(base_url=st.url, timeout=2) as c:
+        async def ok() -> bool:
+            feeds = (await c.get("/ready")).json()["feeds"]
+            return {ex for ex, f in feeds.items() if f["live"]} == live
+        await wait_for(ok, within, f"live feeds to be {sorted(live)}", every=0.1)
+
+
+async def last_ask(r: aioredis.Redis, exchange: str) -> Decimal | None:
+    raw = await r.get(names.md_last_key("bbo", exchange, SYMBOL))
+    return None if raw is None else Decimal(orjson.loads(raw)["ask_px"])
