@@ -15,7 +15,7 @@ import pytest
 from websockets.sync.client import connect
 
 from shared import tokens
-from tests.launcher_helpers import launch
+from tests.launcher_helpers import Launched, launch
 
 
 def pids(tmp: Path) -> dict[str, int]:
@@ -42,6 +42,17 @@ def ready(url: str) -> bool:
 @pytest.mark.timeout(150)
 def test_launcher_restarts_redis_and_everything_reconnects(tmp_path: Path) -> None:
     with launch(tmp_path) as system:
+        try:
+            _scenario(system, tmp_path)
+        except BaseException:
+            system.log.seek(0)
+            lines = system.log.read().decode(errors="replace").splitlines()
+            print("\n".join(line for line in lines if " INFO " not in line)[-12000:])  # the launcher's log
+            raise
+
+
+def _scenario(system: Launched, tmp_path: Path) -> None:
+    if True:
         system.wait_health(60)
         wait(lambda: ready(system.url), 60, "/ready")
         before = pids(tmp_path)
