@@ -7,7 +7,7 @@ FEED ?= live
 PORT ?= 8000
 export PORT FEED
 
-.PHONY: run test lint demo bench clean venv soak-ws
+.PHONY: run test lint demo bench clean venv soak-ws soak-faults
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -29,6 +29,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Fault injection in a loop (docs/operations.md): SOAK_ROUNDS (8), SOAK_SEED (1), SOAK_MAX_S (900) bound it.
+soak-faults: $(STAMP)
+	$(BIN)/python -m pytest -s tests/soak_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

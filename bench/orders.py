@@ -296,9 +296,11 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--ticks", type=int, default=300)
     ap.add_argument("--rate", type=float, default=1000.0, help="offered orders/s of the open-loop phase (0: skip)")
+    ap.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="always",
+                    help="Redis AOF fsync policy (the product default is always: no acknowledged write lost)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        srv = EmbeddedRedis(tmp).start()
+        srv = EmbeddedRedis(tmp, appendfsync=args.appendfsync).start()
         port = free_port()
         env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
         # BENCH_PROFILE=/tmp/gw.prof: the gateway runs under cProfile (stopped with SIGINT so the file is written)

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.wsframe import TEXT_FIN, as_frame, payload_of
 from shared.redis_conn import connect
@@ -49,7 +48,9 @@ class RedisHub:
         self._redis: aioredis.Redis | None = None
         self._pubsub: aioredis.client.PubSub | None = None
         self._task: asyncio.Task[None] | None = None
+        self._dirty = False  # the connection may hold fewer channels than wanted: the reader reconnects
         self.messages = 0
+        self.reconnect_failures = 0
 
     @property
     def channels(self) -> dict[str, int]:
@@ -101,9 +102,14 @@ class RedisHub:
                 elif not wanted and channel in self._subscribed:
                     self._subscribed.discard(channel)
                     await self._pubsub.unsubscribe(channel)
-            except (RedisError, OSError) as e:  # the reader reconnects and resubscribes what is wanted
+            except Exception as e:  # the reader reconnects and subscribes what is wanted
+                # Not only RedisError: the reader shares this connection, and when it loses it first redis-py's
+                # half-torn state shows here as AttributeError or RuntimeError.
                 log.warning("redis (un)subscribe %s failed: %r", channel, e)
-            if self._subscribed:
+                self._dirty = True
+            # The reader follows what is *wanted*: a channel whose subscribe failed must still bring it to
+            # reconnect, or that channel would never be subscribed.
+            if self._refs:
                 self._has_channels.set()
             else:
                 self._has_channels.clear()
@@ -111,30 +117,40 @@ class RedisHub:
     async def _reader(self) -> None:
         backoff = 0.2
         while True:
+            # redis-py does not read a pub/sub connection that has no channel: wait for the first one.
+            await self._has_channels.wait()
             try:
-                # redis-py does not read a pub/sub connection that has no channel: wait for the first one.
-                await self._has_channels.wait()
                 assert self._pubsub is not None
+                # A lost connection or a failed (re)subscribe: a fresh connection with every wanted channel.
+                # (get_message on a pub/sub that never subscribed raises RuntimeError at once: a busy loop.)
+                if self._dirty or self._pubsub.connection is None:
+                    await self._reconnect()
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                backoff = 0.2
-                if msg is None or msg.get("type") != "message":
-                    continue
-                self.messages += 1
-                ch = msg["channel"]
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # RedisError, OSError, or redis-py's state broken by the loss
+                self._dirty = True
+                self.reconnect_failures += 1
+                log.warning("redis pub/sub connection lost (%r); reconnecting in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            if msg is None or msg.get("type") != "message":
+                continue
+            self.messages += 1
+            ch = msg["channel"]
+            try:
                 res = self._dispatch(ch.decode() if isinstance(ch, bytes) else ch, msg["data"])
                 if res is not None and inspect.isawaitable(res):
                     await res
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as e:
-                log.warning("redis pub/sub connection lost (%r); reconnecting in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                await self._reconnect()
             except Exception:  # a bad message must never kill the reader
                 log.exception("fan-out dispatch failed")
 
     async def _reconnect(self) -> None:
+        """A new pub/sub connection subscribed to every wanted channel; raises (and stays dirty) on failure."""
         async with self._lock:
             old = self._pubsub
             assert self._redis is not None
@@ -143,12 +159,10 @@ class RedisHub:
             if old is not None:
                 with contextlib.suppress(Exception):
                     await old.aclose()
-            try:
-                if self._refs:
-                    await self._pubsub.subscribe(*self._refs)
-                    self._subscribed.update(self._refs)
-            except (RedisError, OSError) as e:
-                log.warning("resubscribe failed: %r", e)
+            if self._refs:
+                await self._pubsub.subscribe(*self._refs)
+                self._subscribed.update(self._refs)
+            self._dirty = False
 
 
 class Sink(Protocol):

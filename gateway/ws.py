@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 from fastapi import APIRouter, WebSocket
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
 from gateway import metrics, strict_json
@@ -31,6 +32,7 @@ router = APIRouter()
 
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
 
 
 class Closable(Protocol):
@@ -138,7 +140,12 @@ class Connection:
             close: _Close | None = None
             if self.queue.failed:
                 close = _Close(*self.queue.failed)
-            elif reader in done and reader.exception() is None:
+            elif reader in done and reader.exception() is not None:
+                # A bug, not the client's doing: say so in the log and close properly (1011), never a
+                # silent TCP reset.
+                log.error("websocket reader failed", exc_info=reader.exception())
+                close = _Close(CLOSE_INTERNAL, "internal error")
+            elif reader in done:
                 close = reader.result()
                 if close is not None:  # let the reply that explains the close go out first
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -243,6 +250,9 @@ class Connection:
             await handler(self, msg)
         except WsError as e:
             self.error(e.code, e.message, msg)
+        except (RedisError, OSError) as e:  # as REST's 503: the connection stays, the client may retry
+            log.warning("websocket %s: redis unavailable: %r", name, e)
+            self.error("unavailable", "Redis is unreachable; retry in a moment", msg)
 
 
 # -- actions ---------------------------------------------------------------------------------------

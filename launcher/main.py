@@ -1,10 +1,13 @@
 """A small supervisor: starts the processes, prefixes their output, reports a death loudly and restarts it,
-stops everything on Ctrl-C / SIGTERM."""
+stops everything on Ctrl-C / SIGTERM. The embedded redis-server is supervised too: restarted on the same port and
+data directory (its AOF) when it dies. Every (re)start rewrites ``<data>/pids.json`` (name -> pid)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import secrets
 import signal
@@ -48,11 +51,56 @@ def jwt_secret() -> str:
 
 
 class Launcher:
-    def __init__(self, procs: list[Proc], env: dict[str, str]) -> None:
+    def __init__(self, procs: list[Proc], env: dict[str, str], *, redis: EmbeddedRedis | None = None,
+                 pids_file: Path | None = None, restart_limit: int = RESTART_LIMIT,
+                 restart_delay_s: float = 1.0) -> None:
         self.procs = procs
         self.env = env
+        self.redis = redis
+        self.pids_file = pids_file
+        self.restart_limit = restart_limit
+        self.restart_delay_s = restart_delay_s
         self.stopping = asyncio.Event()
         self.failed = False
+        self.redis_restarts = 0
+
+    def pids(self) -> dict[str, int]:
+        out = {p.name: p.proc.pid for p in self.procs if p.proc and p.proc.returncode is None}
+        if self.redis and self.redis.proc and self.redis.proc.poll() is None:
+            out["redis"] = self.redis.proc.pid
+        return out
+
+    def _write_pids(self) -> None:
+        if self.pids_file is None:
+            return
+        tmp = self.pids_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.pids(), sort_keys=True))
+        tmp.replace(self.pids_file)
+
+    async def _watch_redis(self) -> None:
+        """Restart the embedded redis-server on its port and data directory when it dies (kill -9, OOM):
+        AOF brings the data back; every process reconnects by itself."""
+        srv = self.redis
+        assert srv is not None
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.2)
+            if self.stopping.is_set() or srv.proc is None or srv.proc.poll() is None:
+                continue
+            banner = "!" * 72
+            say(f"\n{banner}\n!!! redis-server DIED with exit code {srv.proc.returncode}\n{banner}")
+            while not self.stopping.is_set():
+                try:
+                    await asyncio.to_thread(srv.start)
+                except RuntimeError as e:  # e.g. the port not yet released: try again
+                    say(f"redis-server restart failed: {e}")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), 1.0)
+                    continue
+                self.redis_restarts += 1
+                say(f"restarted redis-server on {srv.url} (pid {srv.proc.pid if srv.proc else '?'})")
+                self._write_pids()
+                break
 
     async def _pump(self, p: Proc) -> None:
         assert p.proc and p.proc.stdout
@@ -69,6 +117,7 @@ class Launcher:
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
             )
             say(f"started {p.name} (pid {p.proc.pid}): {' '.join(p.argv[1:])}")
+            self._write_pids()
             pump = asyncio.create_task(self._pump(p))
             rc = await p.proc.wait()
             await asyncio.wait([pump], timeout=2)
@@ -78,12 +127,12 @@ class Launcher:
             p.restarts = [t for t in p.restarts if now - t < RESTART_WINDOW_S] + [now]
             banner = "!" * 72
             say(f"\n{banner}\n!!! {p.name} DIED with exit code {rc}\n{banner}")
-            if len(p.restarts) > RESTART_LIMIT:
+            if len(p.restarts) > self.restart_limit:
                 say(f"{p.name} died {len(p.restarts)} times in {RESTART_WINDOW_S:.0f}s: stopping everything")
                 self.failed = True
                 self.stopping.set()
                 return
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.restart_delay_s)
             say(f"restarting {p.name}")
 
     async def _terminate(self) -> None:
@@ -100,11 +149,14 @@ class Launcher:
                     p.proc.kill()
                     await p.proc.wait()
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stopping.set)
+    async def run(self, *, handle_signals: bool = True) -> int:
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stopping.set)
         runners = [asyncio.create_task(self._run_one(p)) for p in self.procs]
+        if self.redis is not None:
+            runners.append(asyncio.create_task(self._watch_redis()))
         await self.stopping.wait()
         say("stopping all processes")
         await self._terminate()
@@ -158,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"feed={args.feed}; REST and WebSocket on http://{settings.gateway.host}:{settings.gateway.port} "
         f"(docs at /docs)")
     try:
-        return asyncio.run(Launcher(procs, env).run())
+        return asyncio.run(Launcher(procs, env, redis=redis_srv, pids_file=DATA / "pids.json").run())
     finally:
         if redis_srv:
             redis_srv.stop()

@@ -96,7 +96,7 @@ class Pair(_Strict):
 class RedisSettings(_Strict):
     url: str = ""
     port: int = Field(default=0, ge=0, le=65535)
-    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    appendfsync: Literal["everysec", "always", "no"] = "always"
 
     @field_validator("url")
     @classmethod
