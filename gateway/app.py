@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from gateway import errors, metrics, trading, ws, ws_orders  # noqa: F401 - ws_orders registers the order actions
+from gateway import errors, metrics, openapi_links, trading, ws, ws_orders  # noqa: F401 - ws_orders registers the order actions
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.middleware import BodyLimitMiddleware
 from gateway.naive import NaiveMarketData
@@ -129,4 +129,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(orders.router)
     app.include_router(fills.router)
     app.include_router(ws.router)
+    openapi_links.install(app, settings)
     return app
