@@ -7,7 +7,7 @@ FEED ?= live
 PORT ?= 8000
 export PORT FEED
 
-.PHONY: run test lint demo bench clean venv
+.PHONY: run test lint demo bench clean venv fuzz-long
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -24,6 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+fuzz-long: $(STAMP)  # every fuzz property with 2000 examples and no fixed seed (docs/fuzzing.md)
+	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py \
+		tests/test_hostile_http.py tests/test_fuzz_ws.py tests/test_fuzz_frames.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
