@@ -107,6 +107,12 @@ async def test_raw_nan_infinity_and_1e400(api: Api) -> None:
             cases.append((method, path, raw(body, field, lit), 422, "invalid_number"))
         for text in ("NaN", "nan", "Infinity", "inf", "1e400", "1e-400", "sNaN"):
             cases.append((method, path, raw(body, field, json.dumps(text)), 422, "invalid_number"))
+    creds = {"username": "alice", "password": "correct horse battery"}
+    for path in ("/register", "/login"):
+        for field in creds:
+            for lit in ("NaN", "Infinity", "-Infinity"):
+                cases.append(("POST", path, raw(creds, field, lit), 400, "invalid_json"))
+            cases.append(("POST", path, raw(creds, field, "1e400"), 422, "validation_error"))  # not a string
     await send_all(api, cases, api.alice)
 
 
