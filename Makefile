@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 fuzz-long: $(STAMP)  # every fuzz property with 2000 examples and no fixed seed (docs/fuzzing.md)
-	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py \
+	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest --timeout=3600 tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py \
 		tests/test_hostile_http.py tests/test_fuzz_ws.py tests/test_fuzz_frames.py
 
 lint: $(STAMP)
