@@ -7,7 +7,7 @@ FEED ?= live
 PORT ?= 8000
 export PORT FEED
 
-.PHONY: run test lint demo bench clean venv soak-ws soak-faults
+.PHONY: run test lint demo bench clean venv soak-ws soak-faults fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -33,6 +33,10 @@ test: $(STAMP)
 # Fault injection in a loop (docs/operations.md): SOAK_ROUNDS (8), SOAK_SEED (1), SOAK_MAX_S (900) bound it.
 soak-faults: $(STAMP)
 	$(BIN)/python -m pytest -s tests/soak_faults.py
+
+fuzz-long: $(STAMP)  # every fuzz property with 2000 examples and no fixed seed (docs/fuzzing.md)
+	FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest --timeout=3600 tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py \
+		tests/test_hostile_http.py tests/test_fuzz_ws.py tests/test_fuzz_frames.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,7 +12,15 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from gateway import errors, metrics, trading, web, ws, ws_orders  # noqa: F401 - ws_orders registers the order actions
+from gateway import (  # noqa: F401 - ws_orders registers the order actions
+    errors,
+    metrics,
+    openapi_links,
+    trading,
+    web,
+    ws,
+    ws_orders,
+)
 from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.middleware import BodyLimitMiddleware
 from gateway.naive import NaiveMarketData
@@ -130,4 +138,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fills.router)
     app.include_router(ws.router)
     app.router.routes.extend(web.routes)  # the dashboard (docs/dashboard.md)
+    openapi_links.install(app, settings)
     return app

@@ -12,7 +12,7 @@ Exact decimals
 
 They accept a JSON number (``10.5``) or a numeric string (``"10.5"``), keep the exact digits sent, and
 refuse with a readable 422 message: booleans, ``null``, non-numeric or oddly written strings (``"1_000"``,
-``"0x10"``, ``" "``, non-ASCII digits), ``NaN``/``Infinity`` in any spelling, values of magnitude
+``"0x10"``, ``" "``, non-ASCII digits, padding other than JSON's blanks: ``"\\u00a05"``), ``NaN``/``Infinity`` in any spelling, values of magnitude
 ``>= 1e15`` (``MAX_ABS``), more than ``MAX_PLACES`` (18) decimal places, more than ``MAX_DIGITS`` (28)
 significant digits. Trailing zeros are kept (``"1.50"`` stays ``Decimal("1.50")``); quantize to a tick or
 a lot step yourself. ``decimal_type(gt=..., ge=..., le=..., max_places=...)`` builds other variants.
@@ -79,6 +79,10 @@ MAX_DIGITS = 28  # the default Decimal context precision: one value never rounds
 SCOPE_JSON_KEY = "sr.json_body"
 
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+# The strings of _NUMBER whose value is > 0 (a non-zero digit, no minus), for the OpenAPI document.
+_POSITIVE = re.compile(r"\+?(?:[0-9]*[1-9][0-9]*(?:\.[0-9]*)?|[0-9]*\.[0-9]*[1-9][0-9]*)(?:[eE][+-]?[0-9]{1,4})?")
+MAX_NUMBER_CHARS = 64
+_BLANKS = " \t\n\r"
 
 
 def to_decimal(v: Any) -> Decimal:
@@ -96,8 +100,10 @@ def to_decimal(v: Any) -> Decimal:
             raise ValueError("must be a finite number")
         d = Decimal(repr(v))
     elif isinstance(v, str):
-        s = v.strip()
-        if len(s) > 64 or not _NUMBER.fullmatch(s):
+        # JSON's own whitespace around the number only (str.strip() would also take NBSP, U+2003, U+001C...),
+        # and the length before stripping: what the OpenAPI pattern and maxLength say.
+        s = v.strip(_BLANKS)
+        if len(v) > MAX_NUMBER_CHARS or not _NUMBER.fullmatch(s):
             raise ValueError('must be a decimal number such as 12.5 or "12.5"')
         d = Decimal(s)
     else:
@@ -160,15 +166,23 @@ def decimal_type(*, gt: Decimal | int | None = None, ge: Decimal | int | None = 
             raise ValueError(f"must have at most {max_places} decimal places")
         return d
 
+    number: dict[str, Any] = {"type": "number", "exclusiveMaximum": float(MAX_ABS)}
+    pattern = _NUMBER.pattern
+    if gt is not None:
+        number["exclusiveMinimum"] = float(gt)
+        if gt == 0:
+            pattern = _POSITIVE.pattern
+    elif ge is not None:
+        number["minimum"] = float(ge)
+    else:
+        number["exclusiveMinimum"] = -float(MAX_ABS)
     schema_in: dict[str, Any] = {
-        "anyOf": [{"type": "number"}, {"type": "string", "pattern": _NUMBER.pattern}],
+        # Anchored: a JSON Schema pattern matches anywhere in the string unless it says otherwise.
+        "anyOf": [number, {"type": "string", "maxLength": MAX_NUMBER_CHARS,
+                           "pattern": f"^[ \\t\\n\\r]*{pattern}[ \\t\\n\\r]*$"}],
         "description": description,
         "examples": ["0.01"],
     }
-    if gt is not None:
-        schema_in["exclusiveMinimum"] = float(gt)
-    if ge is not None:
-        schema_in["minimum"] = float(ge)
     return Annotated[
         Decimal,
         BeforeValidator(to_decimal),

@@ -46,11 +46,19 @@ class PlaceOrderIn(CodedModel):
          "type": "limit"}]})
 
 
+def _modify_schema(schema: dict[str, Any]) -> None:
+    # null counts as absent (CodedModel) and at least one field must be present: say so in the document.
+    for prop in schema["properties"].values():
+        prop.update(next(b for b in prop.pop("anyOf") if b.get("type") != "null"))
+    schema["minProperties"] = 1
+    schema["examples"] = [{"price": 49000, "quantity": 0.02}]
+
+
 class ModifyOrderIn(CodedModel):
     price: Amount | None = None
     quantity: Amount | None = None
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"price": 49000, "quantity": 0.02}]})
+    model_config = ConfigDict(json_schema_extra=_modify_schema)
 
 
 class FillOut(OutModel):

@@ -67,3 +67,58 @@ async def test_openapi_documents_every_error_and_the_password_flow(redis_url: st
     assert {"409", "413", "415", "422"} <= set(spec["paths"]["/register"]["post"]["responses"])
     assert "401" in spec["paths"]["/me"]["get"]["responses"]
     assert spec["paths"]["/me"]["get"]["security"]
+
+
+async def test_openapi_links_enums_and_exact_decimal_schemas(redis_url: str) -> None:
+    """What schemathesis' stateful phase and its positive/negative checks rely on (tests/test_fuzz_rest.py)."""
+    import re
+
+    async with run_gateway(redis_url) as base, httpx.AsyncClient(base_url=base) as c:
+        spec = (await c.get("/openapi.json")).json()
+    op_ids = {op["operationId"]: (m, p) for p, ops in spec["paths"].items() for m, op in ops.items()}
+    placed = spec["paths"]["/orders"]["post"]["responses"]["201"]["links"]
+    assert {name: op_ids[link["operationId"]] for name, link in placed.items()} == {
+        "GetOrder": ("get", "/orders/{token_id}"), "ModifyOrder": ("put", "/orders/{token_id}"),
+        "CancelOrder": ("delete", "/orders/{token_id}")}
+    assert placed["GetOrder"]["parameters"] == {"token_id": "$response.body#/token_id"}
+    login = spec["paths"]["/register"]["post"]["responses"]["201"]["links"]["Login"]
+    assert op_ids[login["operationId"]] == ("post", "/login")
+    assert login["requestBody"] == {"username": "$request.body#/username", "password": "$request.body#/password"}
+    schemas = spec["components"]["schemas"]
+    assert schemas["DepositIn"]["properties"]["asset"]["enum"] == ["BTC", "USDT", "ETH", "SOL", "XRP", "DOGE"]
+    assert "BTCUSDT" in schemas["PlaceOrderIn"]["properties"]["symbol"]["enum"]
+    # A modification needs a field, and null is no value (it was documented as one).
+    modify = schemas["ModifyOrderIn"]
+    assert modify["minProperties"] == 1 and "null" not in str(modify["properties"])
+    # Decimal strings: the pattern is anchored (unanchored, any string holding a digit was documented valid)
+    # and says "positive" where the field is.
+    number, string = schemas["DepositIn"]["properties"]["amount"]["anyOf"]
+    assert number == {"type": "number", "exclusiveMinimum": 0.0, "exclusiveMaximum": 1e15}
+    pattern = re.compile(string["pattern"])
+    assert string["maxLength"] == 64 and string["pattern"].startswith("^") and string["pattern"].endswith("$")
+    for ok in ("1", "0.5", ".5", "5.", "+2", "1e3", "0001.10"):
+        assert pattern.search(ok), ok
+    for ok in (" 1", "1\t", "\r\n1 "):
+        assert pattern.search(ok), ok
+    for bad in ("0", "0.00", "-1", "x1", "1x", "\u00a01", "1_000", "0x10", "", "NaN", " "):
+        assert not pattern.search(bad), bad
+    password = schemas["RegisterIn"]["properties"]["password"]
+    assert (password["minLength"], password["maxLength"]) == (2, 72)
+
+
+async def test_decimal_strings_padded_with_other_than_json_blanks_are_refused(redis_url: str) -> None:
+    """Padding was stripped with str.strip(), which also takes NBSP, U+2003 or U+001C, none of which the
+    document's pattern allows; JSON's own blanks around a number stay accepted."""
+    from tests.servers import make_settings
+    from tests.trading_helpers import auth
+
+    settings = make_settings(redis_url)
+    async with run_gateway(redis_url, settings) as base, httpx.AsyncClient(base_url=base) as c:
+        a = auth(settings, "spaces")
+        for amount in ("\u00a05", "5\u2003", "\x1c5", "\x0b5", " " * 64 + "5"):
+            r = await c.post("/deposit", json={"asset": "USDT", "amount": amount}, headers=a)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_number"), amount
+        assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == "0"
+        for amount in (" 5", "5 ", "\t5\r\n"):
+            assert (await c.post("/deposit", json={"asset": "USDT", "amount": amount}, headers=a)).status_code == 200
+        assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == "15"

@@ -44,8 +44,11 @@ def _login_password(v: str) -> str:
 
 Username = Annotated[str, Field(max_length=32, json_schema_extra={"pattern": USERNAME_PATTERN},
                                 examples=["alice"]), AfterValidator(_username)]
-NewPassword = Annotated[str, Field(examples=["correct horse battery"],
-                                   description="8 to 72 bytes in UTF-8"), AfterValidator(_password)]
+# The rule counts UTF-8 bytes, JSON Schema counts characters (1 to 4 bytes each): the document gives the
+# character bounds every valid password meets (8 bytes are at least 2 characters, 72 bytes at most 72).
+NewPassword = Annotated[str, Field(examples=["correct horse battery"], description="8 to 72 bytes in UTF-8",
+                                   json_schema_extra={"minLength": -(-PASSWORD_MIN_BYTES // 4),
+                                                      "maxLength": PASSWORD_MAX_BYTES}), AfterValidator(_password)]
 LoginName = Annotated[str, Field(min_length=1, max_length=64, examples=["alice"])]
 LoginPassword = Annotated[str, Field(min_length=1, description="at most 72 bytes in UTF-8",
                                      examples=["correct horse battery"]), AfterValidator(_login_password)]
