@@ -32,7 +32,7 @@ demo: $(STAMP)  # against a running `make run FEED=sim` (same PORT)
 	$(BIN)/python -m client.demo --url http://127.0.0.1:$(PORT)
 
 soak-model: $(STAMP)  # the ledger state machine, longer: FUZZ_EXAMPLES examples of MODEL_STEPS steps, new seeds
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} MODEL_STEPS=$${MODEL_STEPS:-50} $(BIN)/python -m pytest -s -p no:cacheprovider tests/test_ledger_model.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} MODEL_STEPS=$${MODEL_STEPS:-50} $(BIN)/python -m pytest -s -p no:cacheprovider --timeout 0 tests/test_ledger_model.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
