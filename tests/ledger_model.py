@@ -108,9 +108,9 @@ def walk(side: str, limit: Decimal | None, quantity: Decimal, funds: Decimal | N
             q = min(q, _DOWN.divide(funds, px))
         q = floor_lot(q, lot)
         if q <= 0:
-            if funds is not None:
-                break
-            continue
+            if funds is not None and floor_lot(_DOWN.divide(funds, px), lot) <= 0:
+                break  # cannot pay for one lot here, nor at any later (dearer) level
+            continue  # a level smaller than one lot
         legs.append(Leg(px, q, ex))
         left = EXACT.subtract(left, q)
         if funds is not None:

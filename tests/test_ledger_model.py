@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import tempfile
 import threading
 import time
@@ -52,8 +53,8 @@ SYM = "BTCUSDT"
 EXCHANGES = ("binance", "okx")
 PAIR = PairSpec(SYM, "BTC", "USDT", D("0.01"), D("0.00001"), D(5), D("0.001"), D("0.002"))
 MID = D("60000.00")
-STEPS = int(os.environ.get("MODEL_STEPS", "0") or 0) or 25
-EXAMPLES = 15
+STEPS = int(os.environ.get("MODEL_STEPS", "0") or 0) or 30
+EXAMPLES = 20
 WAIT_S = 20.0  # generous: a loaded 2-core machine
 ENV = {"SR_FEEDS__STALE_AFTER_S": "30", "SR_GATEWAY__ORDER_FINAL_WAIT_S": "15",
        "SR_AUTH__LOGIN_FAILURES_PER_IP": "1000000"}
@@ -171,11 +172,11 @@ def services(redis_server: Any) -> Iterator[Services]:
 # --- strategies ------------------------------------------------------------------------------------------------
 
 ticks = st.integers(-30, 30)
-sizes = st.sampled_from([D("0.00005"), D("0.0002"), D("0.001"), D("0.01"), D("0.5")])
+sizes = st.sampled_from([D("0.000003"), D("0.00005"), D("0.0002"), D("0.001"), D("0.01"), D("0.5")])
 quantities = st.sampled_from([D("0.0001"), D("0.0002"), D("0.0005"), D("0.001"), D("0.003"), D("0.01")])
-USDT_DEPOSITS = [D(50), D(100), D("250.5"), D(1000), D("12.3456789")]
+USDT_DEPOSITS = [D("0.3"), D(5), D(50), D(100), D("250.5"), D(1000), D("12.3456789")]
 BTC_DEPOSITS = [D("0.001"), D("0.005"), D("0.01234")]
-FLAWS = st.sampled_from([None] * 6 + ["tick", "lot", "notional", "market_price", "duplicate", "symbol"])
+FLAWS = st.sampled_from([None] * 6 + ["reuse", "tick", "lot", "notional", "market_price", "duplicate", "symbol"])
 BAD_DEPOSITS = [  # (body, status, code)
     ({"asset": "USDT", "amount": 0}, 422, "invalid_number"),
     ({"asset": "USDT", "amount": -5}, 422, "invalid_number"),
@@ -209,6 +210,7 @@ class User:
 
 
 SVC: Services | None = None
+PLAIN = re.compile(r"0|[1-9][0-9]*(\.[0-9]*[1-9])?|0\.[0-9]*[1-9]")  # docs: decimal strings, no exponent
 FIRST_USDT, FIRST_BTC = D(1000), D("0.02")
 STATS: Counter[str] = Counter()  # what the examples did, so a run that tests nothing shows
 
@@ -222,7 +224,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.run = uuid.uuid4().hex[:10]
         self.users: list[User] = []
         self.tokens = itertools.count(1)
-        self.pending: list[tuple[User, MOrder]] = []  # orders the matcher must settle before the next check
+        self.pending: list[tuple[User, MOrder]] = []
+        self.refused: list[str] = []  # token_ids of refused orders (any user's: ids are per user)  # orders the matcher must settle before the next check
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -245,6 +248,9 @@ class LedgerMachine(RuleBasedStateMachine):
         want = {"status": o.status, "side": o.side, "type": o.type, "quantity": o.quantity,
                 "price": o.price, "reserved": o.reserved, "filled_quantity": o.filled_quantity,
                 "filled_notional": o.filled_notional, "fee": o.fee, "exchanges": list(o.exchanges)}
+        for k, v in want.items():
+            if isinstance(v, Decimal):
+                assert PLAIN.fullmatch(got[k]), f"order {o.token_id}: {k} {got[k]!r} is not a plain decimal string"
         have = {k: (D(got[k]) if isinstance(want[k], Decimal) and got[k] is not None else got[k]) for k in want}
         assert have == want, f"order {o.token_id}: server {have}\nmodel  {want}"
 
@@ -343,6 +349,9 @@ class LedgerMachine(RuleBasedStateMachine):
         status, code = 201, None
         if flaw == "duplicate" and L.orders:
             token = data.draw(st.sampled_from(sorted(L.orders)))
+        elif flaw == "reuse" and self.refused:  # a refused submission does not use its token_id up
+            token = self.refused.pop()
+            flaw = None
         if flaw == "tick" and price is not None:
             price += PAIR.tick / 2
             status, code = 422, "invalid_price"
@@ -372,6 +381,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if status != 201:
             if token not in L.orders:
                 self.expect(self.req("GET", f"/orders/{token}", u), 404, "order_not_found")
+                self.refused.append(token)
             return
         o = L.place(token, side, type_, price, qty)
         L.arrive(o, self.svc.quotes)
@@ -385,6 +395,32 @@ class LedgerMachine(RuleBasedStateMachine):
             want = [(p, q, ex, liq) for p, q, ex, liq in o.fills]
             have = [(D(f["price"]), D(f["quantity"]), f["exchange"], f["liquidity"]) for f in got["fills"]]
             assert sorted(have) == sorted(want), f"fills of {token}: server {have}, model {want}"
+
+    @rule(data=st.data(), side=st.sampled_from(["buy", "sell"]), qty=quantities)
+    def cancel_race(self, data: st.DataObject, side: str, qty: Decimal) -> None:
+        """A marketable limit order cancelled at once: the matcher's fill and the cancel race; exactly one wins,
+        and either way the ledger must be exactly the model's for that outcome."""
+        u = self.pick_user(data)
+        L = u.ledger
+        far, _ = best(self.svc.quotes, side)
+        asset, amount = L.lock_for(side, "limit", far, qty)
+        if far * qty < PAIR.min_notional or not L.can_lock(asset, amount):
+            return
+        token = self.new_token()
+        body = {"token_id": token, "symbol": SYM, "side": side, "type": "limit", "price": str(far),
+                "quantity": str(qty)}
+        self.expect(self.req("POST", "/orders", u, json=body), 201)
+        resp = self.req("DELETE", f"/orders/{token}", u)
+        o = L.place(token, side, "limit", far, qty)
+        if resp.status_code == 200:
+            L.close(o, "cancelled")
+            STATS["race: cancel won"] += 1
+            self.check_order(self.expect(resp, 200), o)
+        else:
+            self.expect(resp, 409, "order_not_open")
+            STATS["race: fill won"] += 1
+            L.arrive(o, self.svc.quotes)
+            self.pending.append((u, o))
 
     @rule(data=st.data(), kind=st.sampled_from(["own", "own", "unknown", "other"]))
     def cancel(self, data: st.DataObject, kind: str) -> None:
@@ -444,8 +480,11 @@ class LedgerMachine(RuleBasedStateMachine):
         L.arrive(o, self.svc.quotes)
         self.after_matching(u, o, "open")
 
-    @rule(which=st.sampled_from(["binance", "okx", "both"]), a=quotes_st, b=quotes_st)
+    @rule(which=st.sampled_from(["binance", "okx", "both", "same"]), a=quotes_st, b=quotes_st)
     def move_touch(self, which: str, a: Quote, b: Quote) -> None:
+        """``same``: both exchanges quote the same prices (ties between exchanges)."""
+        if which == "same":
+            which, b = "both", Quote(a.bid, b.bid_sz, a.ask, b.ask_sz, a.bid2, b.bid2_sz, a.ask2, b.ask2_sz)
         new = {"binance": a, "okx": b} if which == "both" else {which: a}
         for ex, q in new.items():  # one at a time: the matcher may fill resting orders in between
             self.svc.push({ex: q})
@@ -492,6 +531,7 @@ class LedgerMachine(RuleBasedStateMachine):
             L = u.ledger
             bal = self.expect(self.req("GET", "/balance", u), 200)
             for asset in ("USDT", "BTC"):
+                assert all(PLAIN.fullmatch(bal[k][asset]) for k in bal), bal
                 have = (D(bal["total"][asset]), D(bal["reserved"][asset]), D(bal["available"][asset]))
                 want = (L.total.get(asset, D(0)), L.reserved.get(asset, D(0)), L.available(asset))
                 assert have == want, f"{u.id} {asset}: server (total, reserved, available) {have}, model {want}"
@@ -509,6 +549,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.http.close()
 
 
+@pytest.mark.timeout(0 if os.environ.get("FUZZ_EXAMPLES") else 900)  # shrinking a failure takes minutes
 def test_ledger_model(services: Services) -> None:
     global SVC
     SVC = services
