@@ -62,7 +62,8 @@ class MOrder:
     filled_notional: Decimal = ZERO
     fee: Decimal = ZERO
     exchanges: tuple[str, ...] = ()
-    fills: list[tuple[Decimal, Decimal, str, str]] = field(default_factory=list)  # price, qty, exchange, liq
+    fills: list[tuple[Decimal, Decimal, str, str, Decimal]] = field(default_factory=list)  # price, qty, exchange,
+    # liquidity, fee
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,9 @@ class Ledger:
         fee = ZERO
         for lg in legs:
             received = lg.quantity if o.side == "buy" else EXACT.multiply(lg.price, lg.quantity)
-            fee += EXACT.multiply(received, rate)
-            o.fills.append((lg.price, lg.quantity, lg.exchange, liquidity))
+            leg_fee = EXACT.multiply(received, rate)
+            fee += leg_fee
+            o.fills.append((lg.price, lg.quantity, lg.exchange, liquidity, leg_fee))
         self.close(o, "filled" if qty == o.quantity else "expired")
         if o.side == "buy":
             self.total[p.quote] = self.total.get(p.quote, ZERO) - notional

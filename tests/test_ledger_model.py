@@ -198,6 +198,10 @@ def quote_of(m: int, spread: int, bid_sz: Decimal, ask_sz: Decimal, depth: int, 
 quotes_st = st.builds(quote_of, ticks, st.integers(1, 4), sizes, sizes, st.integers(1, 5), sizes)
 
 
+def choose(seq: list[T], n: int) -> T:
+    return seq[n % len(seq)]
+
+
 class User:
     def __init__(self, uid: str, username: str, password: str, token: str) -> None:
         self.id, self.username, self.password, self.token = uid, username, password, token
@@ -210,6 +214,10 @@ class User:
 
 
 SVC: Services | None = None
+# Choices among the model's users and orders are made with a plain integer, never ``st.data()``/``sampled_from``
+# over the current state: a race (``cancel_race``) may end either way, and hypothesis must still replay the same
+# draws when an outcome differs.
+PICK = st.integers(0, 2**20)
 PLAIN = re.compile(r"0|[1-9][0-9]*(\.[0-9]*[1-9])?|0\.[0-9]*[1-9]")  # docs: decimal strings, no exponent
 FIRST_USDT, FIRST_BTC = D(1000), D("0.02")
 STATS: Counter[str] = Counter()  # what the examples did, so a run that tests nothing shows
@@ -271,8 +279,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if before == "open" and o.status != "open":
             self.pending.append((user, o))
 
-    def pick_user(self, data: st.DataObject) -> User:
-        return data.draw(st.sampled_from(self.users))
+    def pick_user(self, data: int) -> User:
+        return choose(self.users, data)
 
     # --- rules ---------------------------------------------------------------------------------------
 
@@ -295,8 +303,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.expect(self.req("POST", "/deposit", u, json={"asset": asset, "amount": str(amount)}), 200)
                 u.ledger.deposit(asset, amount)
 
-    @rule(data=st.data(), right=st.booleans())
-    def login(self, data: st.DataObject, right: bool) -> None:
+    @rule(data=PICK, right=st.booleans())
+    def login(self, data: int, right: bool) -> None:
         u = self.pick_user(data)
         pw = u.password if right else u.password + "x"
         resp = self.req("POST", "/login", json={"username": u.username, "password": pw})
@@ -308,9 +316,9 @@ class LedgerMachine(RuleBasedStateMachine):
             u.failed_logins += 0 if right else 1
             self.expect(resp, 429 if u.failed_logins > 5 or (right and limited) else 401)
 
-    @rule(data=st.data(), usdt=st.sampled_from(USDT_DEPOSITS), btc=st.sampled_from(BTC_DEPOSITS),
+    @rule(data=PICK, usdt=st.sampled_from(USDT_DEPOSITS), btc=st.sampled_from(BTC_DEPOSITS),
           which=st.sampled_from(["USDT", "BTC"]), bad=st.one_of(st.none(), st.none(), st.sampled_from(BAD_DEPOSITS)))
-    def deposit(self, data: st.DataObject, usdt: Decimal, btc: Decimal, which: str,
+    def deposit(self, data: int, usdt: Decimal, btc: Decimal, which: str,
                 bad: tuple[dict[str, Any], int, str] | None) -> None:
         u = self.pick_user(data)
         if bad is not None:
@@ -322,25 +330,25 @@ class LedgerMachine(RuleBasedStateMachine):
         u.ledger.deposit(which, amount)
         assert D(body["total"][which]) == u.ledger.total[which]
 
-    @rule(data=st.data(), side=st.sampled_from(["buy", "sell"]), off=st.integers(-6, 6), qty=quantities, flaw=FLAWS)
-    def place_limit(self, data: st.DataObject, side: str, off: int, qty: Decimal, flaw: str | None) -> None:
+    @rule(data=PICK, side=st.sampled_from(["buy", "sell"]), off=st.integers(-6, 6), qty=quantities, flaw=FLAWS)
+    def place_limit(self, data: int, side: str, off: int, qty: Decimal, flaw: str | None) -> None:
         self.place(data, side, "limit", off, qty, flaw)
 
-    @rule(data=st.data(), side=st.sampled_from(["buy", "sell"]), off=st.integers(-2, 8), qty=quantities)
-    def place_crossing(self, data: st.DataObject, side: str, off: int, qty: Decimal) -> None:
+    @rule(data=PICK, side=st.sampled_from(["buy", "sell"]), off=st.integers(-2, 8), qty=quantities)
+    def place_crossing(self, data: int, side: str, off: int, qty: Decimal) -> None:
         """A limit order at or through the far touch, mostly (``off`` ticks past it): filled at once, as taker."""
         far, _ = best(self.svc.quotes, side)
         near, _ = best(self.svc.quotes, "sell" if side == "buy" else "buy")
         ticks_to_far = int((far - near) / PAIR.tick) * (1 if side == "buy" else -1)
         self.place(data, side, "limit", ticks_to_far + (off if side == "buy" else -off), qty, None)
 
-    @rule(data=st.data(), side=st.sampled_from(["buy", "sell"]), type_=st.sampled_from(["ioc", "market"]),
+    @rule(data=PICK, side=st.sampled_from(["buy", "sell"]), type_=st.sampled_from(["ioc", "market"]),
           off=st.integers(-6, 6), qty=quantities, flaw=FLAWS)
-    def place_taker(self, data: st.DataObject, side: str, type_: str, off: int, qty: Decimal,
+    def place_taker(self, data: int, side: str, type_: str, off: int, qty: Decimal,
                     flaw: str | None) -> None:
         self.place(data, side, type_, off, qty, flaw)
 
-    def place(self, data: st.DataObject, side: str, type_: str, off: int, qty: Decimal, flaw: str | None) -> None:
+    def place(self, data: int, side: str, type_: str, off: int, qty: Decimal, flaw: str | None) -> None:
         u = self.pick_user(data)
         L = u.ledger
         ref, _ = best(self.svc.quotes, "sell" if side == "buy" else "buy")  # near our own side of the book
@@ -348,7 +356,7 @@ class LedgerMachine(RuleBasedStateMachine):
         token = self.new_token()
         status, code = 201, None
         if flaw == "duplicate" and L.orders:
-            token = data.draw(st.sampled_from(sorted(L.orders)))
+            token = choose(sorted(L.orders), data >> 4)
         elif flaw == "reuse" and self.refused:  # a refused submission does not use its token_id up
             token = self.refused.pop()
             flaw = None
@@ -392,12 +400,11 @@ class LedgerMachine(RuleBasedStateMachine):
             assert o.status != "open"
             STATS[f"{type_} {side} {o.status} legs={len(o.fills)}"] += 1
             self.check_order(got, o)
-            want = [(p, q, ex, liq) for p, q, ex, liq in o.fills]
-            have = [(D(f["price"]), D(f["quantity"]), f["exchange"], f["liquidity"]) for f in got["fills"]]
-            assert sorted(have) == sorted(want), f"fills of {token}: server {have}, model {want}"
+            have = [(D(f["price"]), D(f["quantity"]), f["exchange"], f["liquidity"], D(f["fee"])) for f in got["fills"]]
+            assert sorted(have) == sorted(o.fills), f"fills of {token}: server {have}, model {o.fills}"
 
-    @rule(data=st.data(), side=st.sampled_from(["buy", "sell"]), qty=quantities)
-    def cancel_race(self, data: st.DataObject, side: str, qty: Decimal) -> None:
+    @rule(data=PICK, side=st.sampled_from(["buy", "sell"]), qty=quantities)
+    def cancel_race(self, data: int, side: str, qty: Decimal) -> None:
         """A marketable limit order cancelled at once: the matcher's fill and the cancel race; exactly one wins,
         and either way the ledger must be exactly the model's for that outcome."""
         u = self.pick_user(data)
@@ -422,12 +429,12 @@ class LedgerMachine(RuleBasedStateMachine):
             L.arrive(o, self.svc.quotes)
             self.pending.append((u, o))
 
-    @rule(data=st.data(), kind=st.sampled_from(["own", "own", "unknown", "other"]))
-    def cancel(self, data: st.DataObject, kind: str) -> None:
+    @rule(data=PICK, kind=st.sampled_from(["own", "own", "unknown", "other"]))
+    def cancel(self, data: int, kind: str) -> None:
         u = self.pick_user(data)
         L = u.ledger
         if kind == "own" and L.orders:
-            o = L.orders[data.draw(st.sampled_from(sorted(L.orders)))]
+            o = L.orders[choose(sorted(L.orders), data >> 4)]
             resp = self.req("DELETE", f"/orders/{o.token_id}", u)
             if o.status == "open":
                 L.close(o, "cancelled")
@@ -436,16 +443,18 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.expect(resp, 409, "order_not_open")
             return
         others = [(v, t) for v in self.users if v is not u for t in v.ledger.orders]
-        token = data.draw(st.sampled_from(others))[1] if kind == "other" and others else self.new_token()
+        token = choose(others, data >> 4)[1] if kind == "other" and others else self.new_token()
         self.expect(self.req("DELETE", f"/orders/{token}", u), 404, "order_not_found")
 
-    @precondition(lambda self: any(u.ledger.orders for u in self.users))
-    @rule(data=st.data(), off=st.one_of(st.none(), st.integers(-6, 6)), qty=st.one_of(st.none(), quantities),
+    @rule(data=PICK, off=st.one_of(st.none(), st.integers(-6, 6)), qty=st.one_of(st.none(), quantities),
           flaw=st.sampled_from([None] * 5 + ["tick", "lot"]))
-    def modify(self, data: st.DataObject, off: int | None, qty: Decimal | None, flaw: str | None) -> None:
-        u = data.draw(st.sampled_from([v for v in self.users if v.ledger.orders]))
+    def modify(self, data: int, off: int | None, qty: Decimal | None, flaw: str | None) -> None:
+        with_orders = [v for v in self.users if v.ledger.orders]
+        if not with_orders:
+            return
+        u = choose(with_orders, data)
         L = u.ledger
-        o = L.orders[data.draw(st.sampled_from(sorted(L.orders)))]
+        o = L.orders[choose(sorted(L.orders), data >> 4)]
         if off is None and qty is None:
             off = 0
         ref, _ = best(self.svc.quotes, "sell" if o.side == "buy" else "buy")
@@ -494,12 +503,13 @@ class LedgerMachine(RuleBasedStateMachine):
                 for t, o in u.ledger.orders.items():
                     self.after_matching(u, o, before[t])
 
-    @precondition(lambda self: any(o.status == "open" for u in self.users for o in u.ledger.orders.values()))
-    @rule(data=st.data(), ex=st.sampled_from(EXCHANGES), q=quotes_st, through=st.integers(0, 3))
-    def cross_resting(self, data: st.DataObject, ex: str, q: Quote, through: int) -> None:
+    @rule(data=PICK, ex=st.sampled_from(EXCHANGES), q=quotes_st, through=st.integers(0, 3))
+    def cross_resting(self, data: int, ex: str, q: Quote, through: int) -> None:
         """Move one exchange's quote through a resting order's limit (``through`` ticks past it)."""
         opened = sorted((o.token_id, o) for u in self.users for o in u.ledger.orders.values() if o.status == "open")
-        o = data.draw(st.sampled_from(opened))[1]
+        if not opened:
+            return
+        o = choose(opened, data)[1]
         assert o.price is not None
         t = PAIR.tick
         if o.side == "buy":
@@ -537,6 +547,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert have == want, f"{u.id} {asset}: server (total, reserved, available) {have}, model {want}"
             body = self.expect(self.req("GET", "/orders", u, params={"status": "open", "limit": 500}), 200)
             assert {o["token_id"] for o in body["orders"]} == {t for t, o in L.orders.items() if o.status == "open"}
+            fills = self.expect(self.req("GET", "/fills", u, params={"limit": 500}), 200)["fills"]
+            have = sorted((f["token_id"], D(f["price"]), D(f["quantity"]), f["exchange"], f["liquidity"], D(f["fee"]))
+                          for f in fills)
+            want = sorted((t, *f) for t, o in L.orders.items() for f in o.fills)
+            assert have == want, f"{u.id} fills: server {have}\nmodel  {want}"
             rep = self.svc.call(audit(self.svc.r, u.id, L.deposits, set(L.orders)))
             for t, o in L.orders.items():
                 assert rep.orders[t].status == o.status, f"{t}: redis {rep.orders[t].status}, model {o.status}"
