@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -428,6 +429,42 @@ class LedgerMachine(RuleBasedStateMachine):
             STATS["race: fill won"] += 1
             L.arrive(o, self.svc.quotes)
             self.pending.append((u, o))
+
+    @rule(data=PICK, orders=st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(20, 40), quantities),
+                                     min_size=2, max_size=6))
+    def burst(self, data: int, orders: list[tuple[str, int, Decimal]]) -> None:
+        """Resting limit orders of one user sent at once, on separate connections: which of them the balance
+        can hold depends on their order of arrival, but every accepted one must be locked and every refused one
+        must not fit in what is left."""
+        u = self.pick_user(data)
+        L = u.ledger
+        bodies = []
+        for side, away, qty in orders:
+            far, _ = best(self.svc.quotes, side)  # (a crossed market's best bid is above its best ask)
+            price = far - away * PAIR.tick if side == "buy" else far + away * PAIR.tick
+            bodies.append({"token_id": self.new_token(), "symbol": SYM, "side": side, "type": "limit",
+                           "price": str(price), "quantity": str(qty)})
+
+        def send(body: dict[str, str]) -> httpx.Response:
+            with httpx.Client(base_url=self.svc.base, timeout=WAIT_S + 15) as c:
+                return c.post("/orders", json=body, headers=u.headers)
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(send, bodies))
+        refused = []
+        for body, resp in zip(bodies, answers, strict=True):
+            side, price, qty = body["side"], D(body["price"]), D(body["quantity"])
+            if resp.status_code == 201:
+                o = L.place(body["token_id"], side, "limit", price, qty)
+                self.check_order(resp.json(), o)
+                assert not crosses(side, price, self.svc.quotes)
+            else:
+                self.expect(resp, 400, "insufficient_balance")
+                refused.append(L.lock_for(side, "limit", price, qty))
+                self.refused.append(body["token_id"])
+        for asset, amount in refused:
+            assert amount > L.available(asset), f"refused a lock of {amount} {asset} with {L.available(asset)} free"
+        STATS[f"burst accepted {len(bodies) - len(refused)}/{len(bodies)}"] += 1
 
     @rule(data=PICK, kind=st.sampled_from(["own", "own", "unknown", "other"]))
     def cancel(self, data: int, kind: str) -> None:
