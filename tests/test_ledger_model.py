@@ -45,7 +45,7 @@ from simulator import Simulator
 from tests.e2etools import MdSink, ingestor_processes
 from tests.fuzzing import fuzz_settings
 from tests.ledger_audit import audit
-from tests.ledger_model import D, Ledger, MOrder, PairSpec, Quote, best, crosses
+from tests.ledger_model import D, Ledger, Leg, MOrder, PairSpec, Quote, best, crosses
 from tests.servers import make_settings, run_gateway
 from tests.trading_helpers import matcher
 
@@ -540,24 +540,69 @@ class LedgerMachine(RuleBasedStateMachine):
                 for t, o in u.ledger.orders.items():
                     self.after_matching(u, o, before[t])
 
-    @rule(data=PICK, ex=st.sampled_from(EXCHANGES), q=quotes_st, through=st.integers(0, 3))
-    def cross_resting(self, data: int, ex: str, q: Quote, through: int) -> None:
-        """Move one exchange's quote through a resting order's limit (``through`` ticks past it)."""
-        opened = sorted((o.token_id, o) for u in self.users for o in u.ledger.orders.values() if o.status == "open")
-        if not opened:
-            return
-        o = choose(opened, data)[1]
+    def open_limits(self) -> list[tuple[str, User, MOrder]]:
+        return sorted((o.token_id, u, o) for u in self.users for o in u.ledger.orders.values() if o.status == "open")
+
+    @staticmethod
+    def through(o: MOrder, q: Quote, ticks: int) -> Quote:
+        """``q``'s shape, moved so that it crosses ``o``'s limit by ``ticks``."""
         assert o.price is not None
         t = PAIR.tick
         if o.side == "buy":
-            ask = o.price - through * t
-            q = Quote(ask - (q.ask - q.bid), q.bid_sz, ask, q.ask_sz, ask - (q.ask - q.bid2), q.bid2_sz,
-                      ask + (q.ask2 - q.ask), q.ask2_sz)
+            ask = o.price - ticks * t
+            return Quote(ask - (q.ask - q.bid), q.bid_sz, ask, q.ask_sz, ask - (q.ask - q.bid2), q.bid2_sz,
+                         ask + (q.ask2 - q.ask), q.ask2_sz)
+        bid = o.price + ticks * t
+        return Quote(bid, q.bid_sz, bid + (q.ask - q.bid), q.ask_sz, bid - (q.bid - q.bid2), q.bid2_sz,
+                     bid + (q.ask2 - q.bid), q.ask2_sz)
+
+    @rule(data=PICK, ex=st.sampled_from(EXCHANGES), q=quotes_st, through=st.integers(0, 3))
+    def cross_resting(self, data: int, ex: str, q: Quote, through: int) -> None:
+        """Move one exchange's quote through a resting order's limit (``through`` ticks past it)."""
+        opened = self.open_limits()
+        if opened:
+            self.move_touch(ex, self.through(choose(opened, data)[2], q, through), q)
+
+    @rule(data=PICK, ex=st.sampled_from(EXCHANGES), q=quotes_st, through=st.integers(0, 3), off=st.integers(-6, 6))
+    def modify_race(self, data: int, ex: str, q: Quote, through: int, off: int) -> None:
+        """A resting order modified while the touch moves through its limit. Either the fill wins (409, filled at
+        the old limit as maker) or the modification does (then it fills at its new limit as maker if that crosses
+        the new touch, else it rests); the new price never crosses the old touch, so no other outcome is right."""
+        opened = self.open_limits()
+        if not opened:
+            return
+        _, u, o = choose(opened, data)
+        L = u.ledger
+        ref, _ = best(self.svc.quotes, "sell" if o.side == "buy" else "buy")
+        new_px = ref + off * PAIR.tick
+        asset, amount = L.lock_for(o.side, "limit", new_px, o.quantity)
+        if (crosses(o.side, new_px, self.svc.quotes) or new_px * o.quantity < PAIR.min_notional
+                or not L.can_lock(asset, amount, released=o.reserved)):
+            return
+        quote = self.through(o, q, through)
+        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=self.svc.base, timeout=WAIT_S + 15) as c:
+            fut = pool.submit(c.put, f"/orders/{o.token_id}", json={"price": str(new_px)}, headers=u.headers)
+            self.svc.push({ex: quote})
+            resp = fut.result()
+        _, named = best(self.svc.quotes, o.side)
+        if resp.status_code == 200:
+            STATS["modify race: modify won"] += 1
+            L.modify(o, new_px, o.quantity)
+            self.check_order(resp.json(), o)
+            if crosses(o.side, new_px, self.svc.quotes):
+                L.settle(o, [Leg(new_px, o.quantity, named)], "maker")
+                self.pending.append((u, o))
         else:
-            bid = o.price + through * t
-            q = Quote(bid, q.bid_sz, bid + (q.ask - q.bid), q.ask_sz, bid - (q.bid - q.bid2), q.bid2_sz,
-                      bid + (q.ask2 - q.bid), q.ask2_sz)
-        self.move_touch(ex, q, q)
+            STATS["modify race: fill won"] += 1
+            self.expect(resp, 409, "order_not_open")
+            assert o.price is not None
+            L.settle(o, [Leg(o.price, o.quantity, named)], "maker")
+            self.pending.append((u, o))
+        for v in self.users:  # everything else: as any touch move
+            before = {t: x.status for t, x in v.ledger.orders.items()}
+            v.ledger.touch_moved(self.svc.quotes)
+            for t, x in v.ledger.orders.items():
+                self.after_matching(v, x, before[t])
 
     @rule()
     def settle(self) -> None:
