@@ -7,7 +7,7 @@ FEED ?= live
 PORT ?= 8000
 export PORT FEED
 
-.PHONY: run test lint demo bench clean venv soak-ws soak-faults fuzz-long
+.PHONY: run test lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -43,6 +43,9 @@ lint: $(STAMP)
 
 demo: $(STAMP)  # against a running `make run FEED=sim` (same PORT)
 	$(BIN)/python -m client.demo --url http://127.0.0.1:$(PORT)
+
+soak-model: $(STAMP)  # the ledger state machine, longer: FUZZ_EXAMPLES examples of MODEL_STEPS steps, new seeds
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-300} MODEL_STEPS=$${MODEL_STEPS:-50} $(BIN)/python -m pytest -s -p no:cacheprovider --timeout 0 tests/test_ledger_model.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
