@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbols", required=True, help="comma-separated")
     p.add_argument("--rcvbuf", type=int, default=0, help="SO_RCVBUF in bytes (0: the kernel's default)")
     a = p.parse_args(argv)
-    return asyncio.run(run(a.url, a.token, a.symbols.split(","), a.rcvbuf))
+    try:
+        return asyncio.run(run(a.url, a.token, a.symbols.split(","), a.rcvbuf))
+    except (ConnectionClosed, OSError) as e:  # the gateway went away before we were subscribed
+        print(f"CLOSED 1006 {type(e).__name__}: {e}", flush=True)
+        return 1
 
 
 if __name__ == "__main__":
