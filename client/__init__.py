@@ -11,6 +11,7 @@ from client.models import (
     Order,
     OrderEvent,
     Page,
+    Resync,
     SymbolInfo,
     Trade,
     User,
@@ -19,6 +20,6 @@ from client.sdk import ApiError, SimpleRouterClient, Stream, StreamClosed, Subsc
 from client.sync import SyncClient
 
 __all__ = [
-    "ApiError", "Balance", "BestTouch", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page",
+    "ApiError", "Balance", "BestTouch", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page", "Resync",
     "SimpleRouterClient", "Stream", "StreamClosed", "Subscription", "SymbolInfo", "SyncClient", "Trade", "User",
 ]

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
-from client.models import BestTouch, Ewma, Kline, Order, OrderEvent, SymbolInfo, Trade
+from client.models import BestTouch, Ewma, Kline, Order, OrderEvent, Resync, SymbolInfo, Trade
 from client.sdk import ApiError, SimpleRouterClient, Stream, Subscription
 
 EXCHANGES = ("all", "binance", "okx")
@@ -265,6 +265,9 @@ class Demo:
         want = {(tid, "accepted"), (tid, "modified"), (tid, "cancelled"), (tid2, "filled")}
         while want:
             ev = await events.next(10)
+            if isinstance(ev, Resync):  # the gateway may have missed events: the orders in Redis are the truth
+                say(f"  resync: {ev.reason}")
+                break
             say(f"  order event: {describe(ev)}")
             want.discard((ev.order.token_id, ev.event))
 

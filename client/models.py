@@ -306,6 +306,20 @@ class OrderEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Resync:
+    """On the ``orders`` stream: the gateway lost its Redis subscription for a moment, so events may have been
+    missed. Re-read the open orders and the balance (``list_orders(status="open")``, ``balance()``)."""
+
+    topic: str
+    reason: str
+    raw: Json = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_push(cls, msg: Json) -> Resync:
+        return cls(msg.get("topic", ""), str((msg.get("data") or {}).get("reason", "")), msg)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """A push of a type this client does not know yet."""
 
@@ -315,10 +329,11 @@ class Message:
     raw: Json = field(default_factory=dict, repr=False, compare=False)
 
 
-StreamMessage = BestTouch | Trade | Kline | Ewma | OrderEvent | Message
+StreamMessage = BestTouch | Trade | Kline | Ewma | OrderEvent | Resync | Message
 
 _PARSERS: dict[str, Any] = {"best_touch": BestTouch.from_push, "trades": Trade.from_push, "klines": Kline.from_push,
-                            "ewma": Ewma.from_push, "order": OrderEvent.from_push, "orders": OrderEvent.from_push}
+                            "ewma": Ewma.from_push, "order": OrderEvent.from_push, "orders": OrderEvent.from_push,
+                            "resync": Resync.from_push}
 
 
 def parse_push(msg: Json) -> StreamMessage:

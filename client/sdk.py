@@ -33,6 +33,7 @@ from client.models import (
     Order,
     OrderEvent,
     Page,
+    Resync,
     Trade,
     User,
     decimal_str,
@@ -362,8 +363,9 @@ class Stream:
     def ewma(self, symbol: str, half_life: Number, exchange: str = "all") -> Subscription[Ewma]:
         return self.subscribe("ewma", symbol, exchange=exchange, half_life=half_life)
 
-    def orders(self) -> Subscription[OrderEvent]:
-        """The user's order events (accepted, modified, cancelled, filled, expired, rejected)."""
+    def orders(self) -> Subscription[OrderEvent | Resync]:
+        """The user's order events (accepted, modified, cancelled, filled, expired, rejected), and a ``Resync``
+        when the gateway may have missed some (re-read open orders and balance then)."""
         return self.subscribe("orders")
 
     async def _subscribe(self, sub: Subscription[Any]) -> Json:

@@ -38,9 +38,11 @@ CLOSE_CRITICAL_OVERFLOW = 4009
 
 
 class RedisHub:
-    def __init__(self, redis_url: str, dispatch: Dispatch) -> None:
+    def __init__(self, redis_url: str, dispatch: Dispatch, on_resubscribed: Callable[[], None] | None = None) -> None:
         self._url = redis_url
         self._dispatch = dispatch
+        # Called after a lost connection was replaced: messages published in between never arrive.
+        self._on_resubscribed = on_resubscribed
         self._refs: dict[str, int] = {}
         self._subscribed: set[str] = set()
         self._lock = asyncio.Lock()
@@ -125,6 +127,11 @@ class RedisHub:
                 # (get_message on a pub/sub that never subscribed raises RuntimeError at once: a busy loop.)
                 if self._dirty or self._pubsub.connection is None:
                     await self._reconnect()
+                    if self._on_resubscribed is not None:
+                        try:
+                            self._on_resubscribed()
+                        except Exception:
+                            log.exception("on_resubscribed failed")
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
                 raise

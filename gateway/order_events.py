@@ -25,16 +25,19 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
+RESYNC_REASON = ("the gateway reconnected to Redis: order events may have been missed; "
+                 "re-read GET /orders?status=open and GET /balance")
 TERMINAL = frozenset({"filled", "expired", "rejected", "cancelled"})
 
 
 class OrderEvents:
     def __init__(self, settings: Settings) -> None:
-        self.hub = RedisHub(settings.redis.url, self.dispatch)
+        self.hub = RedisHub(settings.redis.url, self.dispatch, on_resubscribed=self.resync)
         self._users: dict[str, str] = {}  # channel -> user id
         self._queues: dict[str, set[ClientQueue]] = {}
         self._waiters: dict[tuple[str, str], set[asyncio.Future[dict[str, Any]]]] = {}
         self.bad_messages = 0
+        self.resyncs = 0
 
     async def start(self) -> None:
         await self.hub.start()
@@ -113,6 +116,16 @@ class OrderEvents:
             for fut in self._waiters.get((user_id, token_id), ()):
                 if not fut.done():
                     fut.set_result(ev)
+
+
+    def resync(self) -> None:
+        """The hub lost its Redis connection and subscribed again: events published in between are gone (pub/sub
+        is at-most-once), so every ``orders`` subscriber is told to re-read its orders and balance."""
+        self.resyncs += 1
+        frame = wire.push("resync", "orders", {"reason": RESYNC_REASON})
+        for queues in self._queues.values():
+            for q in queues:
+                q.put_critical(frame)
 
 
 class OrdersSubscription:

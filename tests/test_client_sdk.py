@@ -222,3 +222,12 @@ async def test_sync_client(base: str) -> None:
     # the gateway runs on this test's loop: the blocking client must run on another thread
     status, usdt, ex, n = await asyncio.to_thread(_sync_flow, base)
     assert (status, usdt, ex, n) == ("open", Decimal("500.5"), "okx", 2)
+
+
+def test_a_resync_push_is_its_own_message() -> None:
+    from client import Resync
+    from client.models import parse_push
+
+    msg = {"type": "resync", "topic": "orders", "data": {"reason": "re-read GET /orders?status=open"}}
+    ev = parse_push(msg)
+    assert isinstance(ev, Resync) and ev.topic == "orders" and "GET /orders" in ev.reason

@@ -92,6 +92,9 @@ async def test_redis_drops_every_pubsub_connection(tmp_path: Path) -> None:
                 killed = await r.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
                 assert killed >= 2, killed  # at least the gateway's market data and the matcher's
                 t0 = time.monotonic()
+                # order events published while the gateway resubscribed are gone: the client is told so
+                resync = await ws.until(lambda m: m["type"] == "resync", 20)
+                assert resync["topic"] == "orders" and "GET /orders" in resync["data"]["reason"], resync
 
                 async def touch_back() -> bool:
                     await publish_bbo(r, "okx", "48900", "49400")

@@ -190,6 +190,7 @@ class Feed {
       return;
     }
     if (m.type === 'order') { onOrderEvent(m.data); return; }
+    if (m.type === 'resync') { refreshAccount(); return; } // the gateway may have missed order events
     const role = this.roleOf(m.topic);
     if (!role) return; // a message of a topic we just left
     if (m.type === 'best_touch') onTouch(role.slice('touch:'.length), m.data);
