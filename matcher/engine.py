@@ -38,8 +38,9 @@ log = logging.getLogger("matcher")
 RECONCILE_S = 60.0  # a safety net only: a pub/sub reconnect already triggers a full recovery
 HEARTBEAT_S = 1.0  # ``names.MATCHER_ALIVE_KEY`` is rewritten this often ...
 HEARTBEAT_TTL_MS = 5000  # ... and expires after this long (the gateway's /ready reads it)
-# Market/IOC orders found on recovery wait (at most this long) for every feed's first heartbeat before being
-# judged, so that a matcher that just started does not reject them for want of a price it simply has not heard.
+# Market/IOC orders found on recovery, or arriving just after a (re)connect, wait (at most this long) for every
+# feed's first heartbeat before being judged, so that a matcher that just started (or was blind while Redis was
+# away) does not expire them for want of a price it simply has not heard yet.
 STARTUP_GRACE_S = 1.5
 
 
@@ -163,6 +164,10 @@ class Matcher:
             return
         if o.symbol not in self.rules:
             return
+        if o.type != "limit" and self._waiting_for_feeds():
+            if all((p.user_id, p.token_id) != key for p in self.pending):
+                self.pending.append(o)
+            return
         decide = self._arrival(o.symbol)
         if o.type == "limit":
             self.index.upsert(o)
@@ -170,11 +175,14 @@ class Matcher:
                 return
         await self.settle(o, decide)
 
+    def _waiting_for_feeds(self) -> bool:
+        everyone = len(self.health.live(now_us())) == len(EXCHANGES)
+        return not everyone and time.monotonic() - self.started < STARTUP_GRACE_S
+
     async def run_pending(self) -> None:
         if not self.pending:
             return
-        everyone = len(self.health.live(now_us())) == len(EXCHANGES)
-        if not everyone and time.monotonic() - self.started < STARTUP_GRACE_S:
+        if self._waiting_for_feeds():
             return
         todo, self.pending = self.pending, []
         for o in todo:
@@ -243,6 +251,7 @@ class Matcher:
                 msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                 if self.resync:  # pub/sub reconnected under us: messages may have been lost
                     self.resync = False
+                    self.started = time.monotonic()
                     await self.load_snapshots()
                     await self.recover()
                 if msg is not None and msg["type"] in ("message", "pmessage"):

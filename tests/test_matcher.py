@@ -179,6 +179,30 @@ async def test_market_buy_limited_by_funds_and_no_price_rejected(api: Api, redis
     await check_ledger(r, "alice")
 
 
+async def test_ioc_arriving_before_the_feeds_are_heard_waits_for_them(api: Api, redis_url: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Just after a (re)start the matcher has heard no feed yet (after a Redis restart they are all stale): an IOC
+    arriving then waits for the feeds, up to the grace period, instead of expiring for want of a price."""
+    from matcher import engine
+
+    monkeypatch.setattr(engine, "STARTUP_GRACE_S", 30.0)  # the window, made wide for a loaded machine
+    c, settings, r = api
+    h = auth(settings, "alice")
+    await fund(c, h, USDT="1000")
+    async with matcher(settings, redis_url, live=()):
+        body = {"token_id": "i", "symbol": "BTCUSDT", "side": "buy", "type": "ioc", "price": 50000, "quantity": 0.01}
+        assert (await c.post("/orders", json=body, headers=h)).status_code == 201
+        await asyncio.sleep(0.3)
+        assert (await c.get("/orders/i", headers=h)).json()["status"] == "open"  # waiting, not expired
+        await publish_bbo(r, "okx", "BTCUSDT", "49000", "49500")
+        await publish_bbo(r, "binance", "BTCUSDT", "49000", "49600")
+        for ex in ("binance", "okx"):
+            await publish_status(r, ex)
+        i = await wait_status(c, "i", "filled", h)
+    assert i["average_price"] == "49500" and i["exchanges"] == ["okx"]
+    await check_ledger(r, "alice")
+
+
 async def test_modify_into_the_market_fills_at_once(api: Api, redis_url: str) -> None:
     c, settings, r = api
     h = auth(settings, "alice")
