@@ -30,10 +30,9 @@ import redis.asyncio as aioredis
 from launcher.main import Launcher, Proc
 from shared import names, tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
-from shared.schema import FeedStatus, encode
 from shared.settings import Settings, load_settings
-from shared.timeutil import now_us
 from simulator import Simulator
+from tests.mdfeed import MdFeed
 
 SECRET = "fault-secret-" + "x" * 40
 
@@ -176,21 +175,9 @@ class Stack:
 async def feed_heartbeats(redis_url: str, *exchanges: str, every_s: float = 0.5) -> AsyncIterator[set[str]]:
     """Announce the exchanges as ``up`` (as their ingestors would), surviving Redis restarts; remove one from the
     yielded set to stop announcing it."""
-    alive = set(exchanges)
     r = aioredis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
-
-    async def beat() -> None:
-        while True:
-            for ex in sorted(alive):
-                with contextlib.suppress(Exception):
-                    await r.publish(names.status_channel(ex), encode(FeedStatus(ex, "up", "test", now_us())))
-            await asyncio.sleep(every_s)
-
-    task = asyncio.create_task(beat())
     try:
-        yield alive
+        async with MdFeed(r).heartbeats(*exchanges, every_s=every_s) as alive:
+            yield alive
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await r.aclose()
