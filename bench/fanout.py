@@ -328,12 +328,13 @@ def machine_busy() -> float:
 def start_gateway(redis_url: str, variant: str, workers: int, port: int, server: str,
                   cpus: set[int] | None = None, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "JWT_SECRET": SECRET, "LOG_LEVEL": "WARNING",
-           "SR_GATEWAY__WORKERS": str(workers), "SR_WS__FANOUT": variant, "SR_WS__QUEUE_MAX": "5000",
-           **(extra_env or {})}
+           "SR_GATEWAY__WORKERS": str(workers), "SR_WS__QUEUE_MAX": "5000", **(extra_env or {})}
     cmd = [sys.executable, "-m", "gateway"]
-    if server != "frames":  # one of uvicorn's own implementations, everything else as python -m gateway
-        cmd = [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers), "--ws", server, "--ws-max-size", str(64 * 1024),
+    if server != "frames" or variant == "naive":  # uvicorn's own ws implementation, else as python -m gateway
+        app = "bench.naive_fanout:create_app" if variant == "naive" else "gateway.app:create_app"
+        ws = "websockets-sansio" if server == "frames" else server
+        cmd = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers), "--ws", ws, "--ws-max-size", str(64 * 1024),
                "--ws-per-message-deflate", "false", "--log-level", "warning"]
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # workers inherit the affinity
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=pin)
@@ -462,7 +463,7 @@ def main() -> None:
                     help="load client: raw (bench.rawws, the cheapest measured), node (bench/loadclient.js on the "
                          "ws package, installed on first use) or the websockets library")
     ap.add_argument("--server", default="frames", choices=("frames", "websockets-sansio", "websockets", "wsproto"),
-                    help="uvicorn WebSocket implementation: frames (the gateway's own, gateway.wsserver) or one of "
+                    help="uvicorn WebSocket implementation: frames (the gateway's own, gateway.realtime.server) or one of "
                          "uvicorn's (then frames go through ASGI send_text)")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
     ap.add_argument("--pin", type=int, default=0, metavar="N",

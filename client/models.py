@@ -1,7 +1,7 @@
 """Typed views of the API's JSON, without I/O. Every price, size and amount is a ``Decimal``.
 
-The gateway sends REST decimals as strings and WebSocket decimals as JSON numbers with the exact digits;
-``loads`` parses both without going through a float. Each object keeps the JSON it came from in ``raw``,
+The gateway sends every decimal as a JSON number with the exact digits (older servers sent REST decimals as
+strings); ``loads`` parses both without going through a float. Each object keeps the JSON it came from in ``raw``,
 so a field added by a newer server is still reachable.
 """
 

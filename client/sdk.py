@@ -281,7 +281,7 @@ class Subscription(Generic[T]):
             self._stream._subs.pop(topic, None)
             self._items.clear()  # what was still waiting is dropped with the subscription
             self._push(_END)
-            await self._stream.request("unsubscribe", topic=topic)
+            await self._stream.request("unsubscribe", subscription=topic)
 
 
 class Stream:
@@ -400,7 +400,7 @@ class Stream:
             if sub is not None and msg.get("type") == "ack":
                 # registered here, before the snapshot that follows the ack is read
                 # the user's own streams (no symbol) may be acked without a topic: their pushes carry the stream name
-                sub.topic = msg.get("topic") or (None if "symbol" in sub.request else sub.request.get("stream"))
+                sub.topic = msg.get("subscription") or msg.get("topic") or (None if "symbol" in sub.request else sub.request.get("stream"))
                 sub.ack = msg
                 if sub.topic:
                     self._subs[sub.topic] = sub

@@ -20,7 +20,7 @@ import sys  # noqa: E402
 import uvicorn  # noqa: E402
 
 from gateway.app import GatewayConfigError, check_settings  # noqa: E402
-from gateway.wsserver import UVICORN_WS_OPTIONS  # noqa: E402
+from gateway.realtime.server import UVICORN_WS_OPTIONS  # noqa: E402
 from shared.logs import setup_logging, uvicorn_log_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""Application factory: wiring only; routes live one file per resource under ``gateway/routes``."""
+"""Application factory: wiring only. REST routes live one file per resource under ``gateway/rest/routes``, the
+real-time WebSocket under ``gateway/realtime``, the services both call under ``gateway/services``."""
 
 from __future__ import annotations
 
@@ -12,22 +13,15 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from gateway import (  # noqa: F401 - ws_orders registers the order actions
-    errors,
-    metrics,
-    openapi_links,
-    trading,
-    web,
-    ws,
-    ws_orders,
-)
-from gateway.accounts import LoginLimiter, PasswordHasher, UserStore
-from gateway.middleware import BodyLimitMiddleware
-from gateway.naive import NaiveMarketData
-from gateway.order_events import OrderEvents
-from gateway.routes import auth, balance, fills, health, info, orders
-from gateway.schemas import JsonRoute
-from gateway.streams import MarketData
+from gateway import metrics
+from gateway.realtime import connection, order_actions
+from gateway.realtime.streams import MarketData
+from gateway.rest import dashboard, errors, openapi
+from gateway.rest.body import BodyLimitMiddleware, JsonRoute
+from gateway.rest.routes import auth, balance, fills, health, info, orders
+from gateway.services.accounts import LoginLimiter, PasswordHasher, UserStore
+from gateway.services.order_events import OrderEvents
+from gateway.services.trading import Trading
 from shared import gctune, names, tokens
 from shared.redis_conn import connect
 from shared.settings import Settings, get_settings
@@ -81,12 +75,6 @@ async def resolve_secret(settings: Settings, redis: aioredis.Redis) -> Settings:
     return settings.model_copy(update={"auth": settings.auth.model_copy(update={"jwt_secret": secret})})
 
 
-def market_data(settings: Settings) -> MarketData | NaiveMarketData:
-    if settings.ws.fanout == "naive":
-        return NaiveMarketData(settings)
-    return MarketData(settings)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_settings(settings)
@@ -104,10 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hashes = auth_cfg.max_concurrent_hashes or max(1, (os.cpu_count() or 2) - 1)
         app.state.hasher = PasswordHasher(auth_cfg.bcrypt_rounds, hashes, auth_cfg.max_waiting_hashes)
         await app.state.hasher.start()
-        app.state.market = market_data(settings)
+        app.state.market = MarketData(settings)
         await app.state.market.start()
-        app.state.order_events = OrderEvents(settings)
+        app.state.order_events = OrderEvents(settings.redis.url)
         await app.state.order_events.start()
+        app.state.orders_stream = order_actions.OrdersStream(app.state.order_events)
+        app.state.trading = Trading(app.state.redis, app.state.settings, final=app.state.order_events)
         reporter = asyncio.create_task(metrics.queue_stats_reporter(), name="queue-stats-reporter")
         try:
             with gctune.frozen():
@@ -127,7 +117,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.route_class = JsonRoute
     app.state.settings = settings
     errors.install(app)
-    trading.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes)
     app.add_middleware(metrics.HttpMetricsMiddleware)  # outermost: times everything, 413s included
     app.include_router(health.router)
@@ -136,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(balance.router)
     app.include_router(orders.router)
     app.include_router(fills.router)
-    app.include_router(ws.router)
-    app.router.routes.extend(web.routes)  # the dashboard (docs/dashboard.md)
-    openapi_links.install(app, settings)
+    app.include_router(connection.router)
+    app.router.routes.extend(dashboard.routes)  # the dashboard (docs/dashboard.md)
+    openapi.install(app, settings)
     return app

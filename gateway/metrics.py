@@ -29,7 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.ready import FeedCheck
+from gateway.services.readiness import FeedCheck
 
 __all__ = ["CONTENT_TYPE_LATEST"]
 
@@ -92,13 +92,19 @@ def render(feeds: dict[str, FeedCheck], redis_ok: bool, matcher_alive: bool) -> 
     return generate_latest(_registry()) + generate_latest(extra)
 
 
+class QueueStats:
+    """Process-wide totals over every WebSocket client queue, kept as plain ints on the hot path
+    (``gateway.realtime.queue``); ``report_queue_stats`` turns them into Prometheus counters once a second."""
+
+    sent = 0
+    conflated = 0
+
+
 _reported = {"sent": 0, "conflated": 0}
 
 
 def report_queue_stats() -> None:
-    """Add what the client queues counted (plain ints on the hot path) since the last call to the counters."""
-    from gateway.fanout import QueueStats
-
+    """Add what the client queues counted since the last call to the counters."""
     for name, counter in (("sent", WS_MESSAGES_SENT), ("conflated", WS_CONFLATED)):
         total = getattr(QueueStats, name)
         if total > _reported[name]:

@@ -25,8 +25,9 @@ from matcher import metrics
 from matcher.index import OpenOrderIndex
 from shared import ledger_store, names
 from shared.best_touch import Touch, best_touch
+from shared.errors import DomainError
 from shared.feed_health import FeedHealth
-from shared.ledger import LedgerError, Order, PairRules
+from shared.ledger import Order, PairRules
 from shared.matching import REST, Decision, decide_arrival, decide_resting, views_for
 from shared.redis_conn import connect
 from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
@@ -53,7 +54,6 @@ class Matcher:
         self.bbos: dict[tuple[str, str], BBO] = {}
         self.books: dict[tuple[str, str], Book] = {}
         self.rules = {p.symbol: PairRules.of(p) for p in settings.pairs}
-        self.lots = {p.symbol: p.lot_step for p in settings.pairs}
         self.pending: list[Order] = []  # recovered market/IOC orders waiting for the feeds
         self.started = time.monotonic()
         self.resync = False
@@ -106,8 +106,8 @@ class Matcher:
         try:
             applied = await ledger_store.execute(self.r, rules, user_id=order.user_id, token_id=order.token_id,
                                                  decide=decide, now_us=now_us)
-        except LedgerError as e:
-            log.error("settling %s/%s refused: %s", order.user_id, order.token_id, e.detail)
+        except DomainError as e:
+            log.error("settling %s/%s refused: %s", order.user_id, order.token_id, e.message)
             return
         key = (order.user_id, order.token_id)
         if applied is None:
@@ -141,7 +141,7 @@ class Matcher:
     def _arrival(self, symbol: str) -> Any:
         def decide(o: Order) -> Decision:
             touch = self.touch(symbol)
-            return decide_arrival(o, touch, views_for(symbol, touch.live, self.bbos, self.books), self.lots[symbol])
+            return decide_arrival(o, touch, views_for(symbol, touch.live, self.bbos, self.books), self.rules[symbol].lot_step)
         return decide
 
     def _resting(self, symbol: str) -> Any:
@@ -230,7 +230,8 @@ class Matcher:
     def _on_reconnect(self, _conn: Any) -> None:
         self.resync = True
 
-    async def run(self, stop: asyncio.Event, reconcile_s: float) -> None:
+    async def run(self, stop: asyncio.Event, reconcile_s: float, ready: asyncio.Event | None = None) -> None:
+        """Serve until ``stop``; ``ready`` is set once the open orders are recovered and matched."""
         pubsub = self.r.pubsub()
         try:
             await pubsub.psubscribe(names.md_pattern("bbo"), names.md_pattern("book"), names.status_channel("*"))
@@ -242,6 +243,8 @@ class Matcher:
             for s in self.index.symbols():
                 await self.match_symbol(s)
             log.info("matcher ready: %d resting orders", len(self.index))
+            if ready is not None:
+                ready.set()
             next_reconcile = time.monotonic() + reconcile_s
             next_beat = 0.0
             while not stop.is_set():
@@ -287,9 +290,7 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
         r = connect(redis_url or settings.redis.url)
         m = Matcher(settings, r)
         try:
-            if ready is not None:
-                _signal_ready(m, ready)
-            await m.run(stop, reconcile_s)
+            await m.run(stop, reconcile_s, ready)
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             metrics.REDIS_RECONNECTS.inc()
             log.warning("redis connection lost (%s); reconnecting in %.1fs", e, backoff)
@@ -299,14 +300,3 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
         finally:
             with contextlib.suppress(Exception):
                 await r.aclose()
-
-
-def _signal_ready(m: Matcher, ready: asyncio.Event) -> None:
-    # The index is rebuilt inside run(); tests wait on ready after recovery via a wrapped recover().
-    orig = m.recover
-
-    async def recover_then_signal() -> None:
-        await orig()
-        ready.set()
-
-    m.recover = recover_then_signal  # type: ignore[method-assign]

@@ -2,7 +2,7 @@
 
 An account holds, per asset, ``total`` and ``reserved`` (``available = total - reserved``). Every
 operation takes the current state and returns the new state plus the events to publish; a violation
-raises ``LedgerError`` and changes nothing (the inputs are never mutated). The Redis shell
+raises ``DomainError`` and changes nothing (the inputs are never mutated). The Redis shell
 (``shared.ledger_store``) reads the state, calls one of these and writes the result in one transaction.
 
 Reservations: a buy locks ``price * quantity * (1 + taker fee)`` of the quote asset (a market buy, which
@@ -22,7 +22,9 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
-from shared.money import fmt
+from shared.errors import DomainError
+from shared.money import fmt, is_multiple
+from shared.settings import Pair
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market", "ioc"]
@@ -30,6 +32,9 @@ Status = Literal["open", "filled", "cancelled", "expired", "rejected"]
 Liquidity = Literal["maker", "taker"]
 
 STATUSES: tuple[Status, ...] = ("open", "filled", "cancelled", "expired", "rejected")
+TERMINAL: frozenset[Status] = frozenset({"filled", "expired", "rejected", "cancelled"})
+# A client's own id for an order: unique per user, forever.
+TOKEN_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 ZERO = Decimal(0)
 
 EXACT = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN,
@@ -38,29 +43,43 @@ EXACT = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_EVEN,
 AVG = decimal.Context(prec=20, rounding=decimal.ROUND_HALF_EVEN)
 
 
-class LedgerError(Exception):
-    """A rule violation. ``code`` is stable, ``detail`` readable, ``status`` the HTTP status it maps to."""
-
-    def __init__(self, code: str, detail: str, status: int = 400) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
-
-
 @dataclass(frozen=True, slots=True)
 class PairRules:
-    """What the ledger needs of a pair (``shared.settings.Pair`` has all of it)."""
+    """Every rule of a pair: the assets, the filters an order must pass and the fee rates.
+
+    ``check_order`` is the one place that validates an order's price and quantity; ``place`` and ``modify``
+    call it, so the gateway, the matcher and the tests all apply the same rules."""
 
     symbol: str
     base: str
     quote: str
+    tick_size: Decimal
+    lot_step: Decimal
+    min_notional: Decimal = ZERO
     maker_fee: Decimal = ZERO
     taker_fee: Decimal = ZERO
 
     @classmethod
-    def of(cls, pair: Any) -> PairRules:
-        return cls(pair.symbol, pair.base, pair.quote, pair.maker_fee, pair.taker_fee)
+    def of(cls, pair: Pair) -> PairRules:
+        return cls(pair.symbol, pair.base, pair.quote, pair.tick_size, pair.lot_step, pair.min_notional,
+                   pair.maker_fee, pair.taker_fee)
+
+    def check_order(self, type_: OrderType, price: Decimal | None, quantity: Decimal) -> None:
+        """Refuse (``DomainError``) what this pair does not accept; the checks run in this order."""
+        if type_ == "market":
+            if price is not None:
+                raise DomainError("invalid_field", "a market order takes no price")
+        elif price is None:
+            raise DomainError("missing_field", "price is required")
+        if quantity <= 0 or (price is not None and price <= 0):
+            raise DomainError("invalid_order", "price and quantity must be positive")
+        if price is not None and not is_multiple(price, self.tick_size):
+            raise DomainError("invalid_price", f"price must be a multiple of the tick size {fmt(self.tick_size)}")
+        if not is_multiple(quantity, self.lot_step):
+            raise DomainError("invalid_quantity", f"quantity must be a multiple of the lot step {fmt(self.lot_step)}")
+        if price is not None and EXACT.multiply(price, quantity) < self.min_notional:
+            raise DomainError("below_min_notional",
+                              f"price x quantity must be at least {fmt(self.min_notional)} {self.quote}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +104,7 @@ class Account:
 
     def with_(self, asset: str, bal: Balance) -> Account:
         if bal.total < 0 or bal.reserved < 0 or bal.reserved > bal.total:
-            raise LedgerError("invariant", f"{asset}: total {bal.total}, reserved {bal.reserved} would break the ledger",
-                              status=409)
+            raise DomainError("invariant", f"{asset}: total {bal.total}, reserved {bal.reserved} would break the ledger")
         new = dict(self.balances)
         new[asset] = bal
         return Account(new)
@@ -213,12 +231,37 @@ class Leg:
 Event = dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    """What happened to an order (``accepted``, ``modified``, ``cancelled``, ``filled``, ``expired``,
+    ``rejected``), as published on its user's channel, with the fills it brought."""
+
+    kind: str
+    order: Order
+    fills: tuple[Fill, ...] = ()
+
+    @property
+    def is_final(self) -> bool:
+        return self.kind in TERMINAL
+
+    def to_dict(self) -> Event:
+        out: Event = {"type": "order", "event": self.kind, "order": self.order.public()}
+        if self.fills:
+            out["fills"] = [f.to_dict() for f in self.fills]
+        return out
+
+    @classmethod
+    def from_dict(cls, o: Mapping[str, Any], user_id: str) -> OrderEvent:
+        """The published form back (``KeyError``, ``TypeError`` or ``ValueError`` when it is not one)."""
+        kind = o["event"]
+        if not isinstance(kind, str):
+            raise TypeError("event must be a string")
+        order = Order.from_dict({**o["order"], "user_id": user_id})
+        return cls(kind, order, tuple(Fill.from_dict(f) for f in o.get("fills") or ()))
+
+
 def event(kind: str, order: Order, fills: Iterable[Fill] = ()) -> Event:
-    out: Event = {"type": "order", "event": kind, "order": order.public()}
-    fl = [f.to_dict() for f in fills]
-    if fl:
-        out["fills"] = fl
-    return out
+    return OrderEvent(kind, order, tuple(fills)).to_dict()
 
 
 # --- reservations --------------------------------------------------------------------------------
@@ -240,7 +283,7 @@ def reservation(rules: PairRules, side: Side, type_: OrderType, price: Decimal |
 def _lock(acct: Account, asset: str, amount: Decimal) -> Account:
     b = acct.get(asset)
     if amount <= 0 or amount > b.available:
-        raise LedgerError("insufficient_balance",
+        raise DomainError("insufficient_balance",
                           f"insufficient {asset}: needs {fmt(amount)}, available {fmt(b.available)}")
     return acct.with_(asset, Balance(b.total, EXACT.add(b.reserved, amount)))
 
@@ -248,31 +291,27 @@ def _lock(acct: Account, asset: str, amount: Decimal) -> Account:
 def _release(acct: Account, asset: str, amount: Decimal) -> Account:
     b = acct.get(asset)
     if amount > b.reserved:
-        raise LedgerError("invariant", f"releasing {fmt(amount)} {asset} but only {fmt(b.reserved)} is reserved",
-                          status=409)
+        raise DomainError("invariant", f"releasing {fmt(amount)} {asset} but only {fmt(b.reserved)} is reserved")
     return acct.with_(asset, Balance(b.total, EXACT.subtract(b.reserved, amount)))
 
 
 def _need_open(order: Order) -> None:
     if not order.is_open:
-        raise LedgerError("order_not_open", f"order {order.token_id} is {order.status}", status=409)
+        raise DomainError("order_not_open", f"order {order.token_id} is {order.status}")
 
 
 # --- operations ----------------------------------------------------------------------------------
 
 def deposit(acct: Account, asset: str, amount: Decimal) -> Account:
     if not amount.is_finite() or amount <= 0:
-        raise LedgerError("invalid_amount", "amount must be positive", status=422)
+        raise DomainError("invalid_amount", "amount must be positive")
     b = acct.get(asset)
     return acct.with_(asset, Balance(EXACT.add(b.total, amount), b.reserved))
 
 
 def place(acct: Account, rules: PairRules, *, user_id: str, token_id: str, side: Side, type_: OrderType,
           price: Decimal | None, quantity: Decimal, now_us: int) -> tuple[Account, Order, list[Event]]:
-    if quantity <= 0 or (price is not None and price <= 0):
-        raise LedgerError("invalid_order", "price and quantity must be positive", status=422)
-    if (type_ == "market") != (price is None):
-        raise LedgerError("invalid_order", "a market order has no price; limit and ioc orders need one", status=422)
+    rules.check_order(type_, price, quantity)
     asset, amount = reservation(rules, side, type_, price, quantity, acct)
     acct2 = _lock(acct, asset, amount)
     fee_asset = rules.base if side == "buy" else rules.quote
@@ -311,12 +350,11 @@ def modify(acct: Account, rules: PairRules, order: Order, *, price: Decimal | No
     """New price and/or quantity of an open limit order; the reservation is swapped in one step."""
     _need_open(order)
     if order.type != "limit":
-        raise LedgerError("not_modifiable", f"a {order.type} order cannot be modified", status=409)
+        raise DomainError("not_modifiable", f"a {order.type} order cannot be modified")
     new_px = order.price if price is None else price
     new_qty = order.quantity if quantity is None else quantity
     assert new_px is not None
-    if new_px <= 0 or new_qty <= 0:
-        raise LedgerError("invalid_order", "price and quantity must be positive", status=422)
+    rules.check_order(order.type, new_px, new_qty)
     released = _release(acct, order.reserve_asset, order.reserved)
     asset, amount = reservation(rules, order.side, order.type, new_px, new_qty, released)
     acct2 = _lock(released, asset, amount)
@@ -336,12 +374,11 @@ def settle(acct: Account, rules: PairRules, order: Order, legs: Iterable[Leg], l
     for lg in legs:
         notional = EXACT.add(notional, EXACT.multiply(lg.price, lg.quantity))
     if qty > order.quantity:
-        raise LedgerError("overfill", f"fill of {fmt(qty)} exceeds order quantity {fmt(order.quantity)}", status=409)
+        raise DomainError("overfill", f"fill of {fmt(qty)} exceeds order quantity {fmt(order.quantity)}")
     if order.type == "limit" and legs and qty != order.quantity:
-        raise LedgerError("partial_limit", "a limit order fills in full", status=409)
+        raise DomainError("partial_limit", "a limit order fills in full")
     if order.side == "buy" and notional > order.reserved:
-        raise LedgerError("overspend", f"cost {fmt(notional)} exceeds the reservation {fmt(order.reserved)}",
-                          status=409)
+        raise DomainError("overspend", f"cost {fmt(notional)} exceeds the reservation {fmt(order.reserved)}")
 
     fills: list[Fill] = []
     for i, lg in enumerate(legs):
@@ -382,7 +419,7 @@ def check_invariants(acct: Account, open_orders: Iterable[Order]) -> None:
     for asset in set(acct.balances) | set(locked):
         b = acct.get(asset)
         if b.total < 0 or b.reserved < 0 or b.available < 0:
-            raise LedgerError("invariant", f"{asset}: negative balance {b}", status=500)
+            raise DomainError("invariant", f"{asset}: negative balance {b}")
         if b.reserved != locked.get(asset, ZERO):
-            raise LedgerError("invariant", f"{asset}: reserved {b.reserved} but open orders lock "
-                                           f"{locked.get(asset, ZERO)}", status=500)
+            raise DomainError("invariant", f"{asset}: reserved {b.reserved} but open orders lock "
+                                           f"{locked.get(asset, ZERO)}")

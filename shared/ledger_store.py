@@ -18,7 +18,7 @@ import asyncio
 import math
 import random
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -30,16 +30,17 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import ledger, names
-from shared.ledger import Account, Fill, LedgerError, Order, PairRules
+from shared.errors import DomainError
+from shared.ledger import Account, Fill, Order, PairRules
 from shared.matching import REST, Decision
 
 MAX_ATTEMPTS = 200
 T = TypeVar("T")
 
 
-class Busy(LedgerError):
+class Busy(DomainError):
     def __init__(self) -> None:
-        super().__init__("busy", "the account is busy, try again", status=503)
+        super().__init__("busy", "the account is busy, try again", retry_after_s=1)
 
 
 def _s(v: Any) -> str:
@@ -110,7 +111,7 @@ async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
     The first sends WATCH and the ``reads`` together; ``step`` (pure, synchronous) gets the replies of the
     reads and returns ``(result, writes)``: ``writes`` is None for a no-op, else the commands the second round
     trip sends inside MULTI/EXEC. A concurrent change of a watched key makes EXEC answer nil and the step is
-    recomputed from fresh state. A ``LedgerError`` from ``step`` aborts with nothing written.
+    recomputed from fresh state. A ``DomainError`` from ``step`` aborts with nothing written.
 
     redis-py's watch mode costs a round trip per command (WATCH, then each read), hence this lower-level
     path on one connection of the client's pool."""
@@ -204,8 +205,8 @@ def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequ
     return out
 
 
-def not_found(token_id: str) -> LedgerError:
-    return LedgerError("order_not_found", f"no order {token_id!r}", status=404)
+def not_found(token_id: str) -> DomainError:
+    return DomainError("order_not_found", f"no order {token_id!r}")
 
 
 # --- operations ----------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ async def deposit(r: aioredis.Redis, user_id: str, asset: str, amount: Decimal, 
     def step(replies: list[Any]) -> tuple[Account, list[Cmd]]:
         acct = ledger.deposit(Account.from_hash(_hash(replies[0])), asset, amount)
         if max_total is not None and acct.get(asset).total > max_total:
-            raise LedgerError("amount_too_large", f"{asset} balance would exceed {max_total}", status=422)
+            raise DomainError("amount_too_large", f"{asset} balance would exceed {max_total}")
         return acct, _hset(key, acct.to_hash())
 
     return await transact(r, [key], [("HGETALL", key)], step)
@@ -228,7 +229,7 @@ async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: 
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
         existing, account = _state(replies)
         if existing is not None:
-            raise LedgerError("duplicate_token_id", f"token_id {token_id!r} was already used", status=409)
+            raise DomainError("duplicate_token_id", f"token_id {token_id!r} was already used")
         acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
@@ -248,18 +249,15 @@ async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int)
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
-async def modify(r: aioredis.Redis, rules_of: Callable[[str], PairRules], *, user_id: str, token_id: str,
-                 price: Decimal | None, quantity: Decimal | None, now_us: int,
-                 check: Callable[[Order, Decimal, Decimal], None] | None = None) -> Order:
-    """``check(order, new_price, new_quantity)`` may raise to refuse (tick, lot, notional rules)."""
+async def modify(r: aioredis.Redis, rules: Mapping[str, PairRules], *, user_id: str, token_id: str,
+                 price: Decimal | None, quantity: Decimal | None, now_us: int) -> Order:
+    """New price and/or quantity of an open limit order, checked against its pair's ``rules[symbol]``."""
 
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
         order, account = _state(replies)
         if order is None:
             raise not_found(token_id)
-        if check is not None and order.is_open and order.price is not None:
-            check(order, order.price if price is None else price, order.quantity if quantity is None else quantity)
-        acct, o, events = ledger.modify(account, rules_of(order.symbol), order,
+        acct, o, events = ledger.modify(account, rules[order.symbol], order,
                                         price=price, quantity=quantity, now_us=now_us)
         return o, _writes(acct, o, events)
 

@@ -1,4 +1,4 @@
-"""Exact decimal helpers. Money never touches a float (strict parsing of client input: ``gateway.schemas.to_decimal``)."""
+"""Exact decimal helpers. Money never touches a float (strict parsing of client input: ``gateway.services.decimals.to_decimal``)."""
 
 from __future__ import annotations
 

@@ -148,7 +148,6 @@ class OkxSettings(_Strict):
 class WsSettings(_Strict):
     """The client WebSocket (``/ws``) and its market-data fan-out."""
 
-    fanout: Literal["hub", "naive"] = "hub"  # "naive" only for the benchmark's comparison
     auth_timeout_s: float = Field(default=5.0, gt=0)
     max_subscriptions: int = Field(default=50, ge=1, le=10_000)
     max_message_bytes: int = Field(default=16384, ge=256)

@@ -23,9 +23,9 @@ def make_settings(redis_url: str, **env: str) -> Settings:
 async def run_gateway(redis_url: str, settings: Settings | None = None, app: Any = None,
                       uvicorn_options: dict[str, Any] | None = None, **env: str) -> AsyncIterator[str]:
     """``app``: an already built application (e.g. with extra test routes) instead of ``create_app``'s;
-    ``uvicorn_options`` override the gateway's (``gateway.wsserver.UVICORN_WS_OPTIONS``)."""
+    ``uvicorn_options`` override the gateway's (``gateway.realtime.server.UVICORN_WS_OPTIONS``)."""
     from gateway.app import create_app
-    from gateway.wsserver import UVICORN_WS_OPTIONS
+    from gateway.realtime.server import UVICORN_WS_OPTIONS
 
     uvicorn_options = uvicorn_options or {}
 

@@ -284,15 +284,15 @@ async def test_bad_tokens_are_401(redis_url: str) -> None:
 
 async def test_busy_hasher_refuses_beyond_the_queue() -> None:
     # Deterministic: every call is started in the same loop turn, so one runs, one waits, the rest are refused.
-    from gateway.accounts import PasswordHasher
-    from gateway.errors import ApiError
+    from gateway.services.accounts import PasswordHasher
+    from shared.errors import DomainError
 
     hasher = PasswordHasher(rounds=4, max_concurrent=1, max_waiting=1)
     await hasher.start()
     rs = await asyncio.gather(*(hasher.hash(f"password{i}") for i in range(8)), return_exceptions=True)
-    busy = [r for r in rs if isinstance(r, ApiError)]
+    busy = [r for r in rs if isinstance(r, DomainError)]
     assert len(busy) == 6 and all(isinstance(r, bytes) for r in rs if r not in busy)
-    assert busy[0].status == 503 and busy[0].code == "busy" and busy[0].headers == {"Retry-After": "1"}
+    assert busy[0].code == "busy" and busy[0].retry_after_s == 1
 
 
 def test_short_secret_refused(redis_url: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import web
+from gateway.rest import dashboard as web
 from shared.settings import ROOT
 from tests.browser import browser_page, missing
 from tests.launcher_helpers import Launched, launch

@@ -3,7 +3,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from gateway.schemas import Dec, NonNegativeDec, PositiveDec, StrictModel, decimal_type, to_decimal
+from gateway.services.decimals import Dec, NonNegativeDec, PositiveDec, decimal_type, to_decimal
+from gateway.services.requests import StrictModel
 
 
 class M(StrictModel):

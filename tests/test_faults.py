@@ -115,7 +115,7 @@ async def test_redis_drops_every_pubsub_connection(tmp_path: Path) -> None:
                 print(f"CLIENT KILL TYPE pubsub ({killed} connections): best touch back in {touch_s:.2f}s, "
                       f"fill event in {time.monotonic() - t0:.2f}s")
                 o = (await c.get("/orders/rest1", headers=h)).json()
-                assert o["status"] == "filled" and o["average_price"] == "49000", o
+                assert o["status"] == "filled" and o["average_price"] == 49000, o
             await audit_users(st.redis_url, {"pk": {"USDT": Decimal(10000)}}, {"pk": {"rest1"}})
         finally:
             await r.aclose()
@@ -163,7 +163,7 @@ async def test_sigstop_ingestor_past_staleness_no_fill_on_its_price(tmp_path: Pa
                     assert rest["status"] == "open"
                     mkt = await _place(c, h, "fresh-market", "buy", type_="market")
                     assert mkt["status"] == "filled", mkt
-                    assert [(f["exchange"], f["price"]) for f in mkt["fills"]] == [("binance", "49600")], mkt
+                    assert [(f["exchange"], f["price"]) for f in mkt["fills"]] == [("binance", 49600)], mkt
                     await asyncio.sleep(1.0)
                     assert (await c.get("/orders/stale-limit", headers=h)).json()["status"] == "open"
                     assert await _fills_of(c, h, "stale-limit") == []
@@ -171,7 +171,7 @@ async def test_sigstop_ingestor_past_staleness_no_fill_on_its_price(tmp_path: Pa
                 t1 = time.monotonic()
                 await wait_feeds(st, {"binance", "okx"}, within=30)
                 o = await wait_order(c, h, "stale-limit", "filled", 30)
-                assert o["average_price"] == "49200"  # a resting order fills at its limit price
+                assert o["average_price"] == 49200  # a resting order fills at its limit price
                 assert [f["exchange"] for f in await _fills_of(c, h, "stale-limit")] == ["okx"]
                 print(f"SIGSTOP ingestor-okx {stale_s:.1f}s: no fill on its stale price; after SIGCONT feed live "
                       f"and the order filled in {time.monotonic() - t1:.2f}s")
@@ -221,10 +221,10 @@ async def test_simulator_faults_during_resting_orders(tmp_path: Path) -> None:
             assert (await c.get("/fills", headers=h)).json()["fills"] == []
             tops["okx"] = ("49000", "49200")  # a fresh, sane ask under the buy's limit
             o = await wait_order(c, h, "buy", "filled", 30)
-            assert o["average_price"] == "49250"
+            assert o["average_price"] == 49250
             tops["binance"] = ("49400", "49500")  # a fresh bid above the sell's limit
             o = await wait_order(c, h, "sell", "filled", 30)
-            assert o["average_price"] == "49300.01"
+            assert o["average_price"] == 49300.01
             print(f"simulator crossed books, garbage, drops, stall: no fill; feeds live again after "
                   f"{recovered_s:.2f}s; fills on fresh prices")
         await audit_users(st.redis_url, {"simf": {"USDT": Decimal(1000), "BTC": Decimal("0.01")}},

@@ -29,7 +29,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
-from gateway import openapi_links
+from gateway.rest import openapi as openapi_links
 from shared import ledger, ledger_store, tokens
 from tests.fuzzing import fuzz_settings
 from tests.servers import make_settings, run_gateway

@@ -161,12 +161,12 @@ async def test_message_flood_is_closed(redis_url: str) -> None:
 async def test_unsubscribe_by_fields_or_topic_and_list(redis_url: str, aredis: aioredis.Redis) -> None:
     async with run_gateway(redis_url, **FAST) as base, ws_client(base, tok=token()) as c:
         a = await c.subscribe(stream="ewma", symbol="SOLUSDT", half_life=30, exchange="all")
-        assert a["topic"] == "ewma:SOLUSDT:all:30" and a["half_life"] == 30
+        assert a["subscription"] == "ewma:SOLUSDT:all:30" and a["half_life"] == 30
         b = await c.subscribe(stream="klines", symbol="ETHUSDT", interval="1m", exchange="binance")
-        assert b["topic"] == "klines:ETHUSDT:binance:1m"
-        assert (await c.request({"action": "list"}))["subscriptions"] == [a["topic"], b["topic"]]
-        r = await c.request({"action": "unsubscribe", "topic": a["topic"], "id": 3})
-        assert r == {"type": "ack", "id": 3, "action": "unsubscribe", "topic": a["topic"]}
+        assert b["subscription"] == "klines:ETHUSDT:binance:1m"
+        assert (await c.request({"action": "list"}))["subscriptions"] == [a["subscription"], b["subscription"]]
+        r = await c.request({"action": "unsubscribe", "topic": a["subscription"], "id": 3})
+        assert r == {"type": "ack", "id": 3, "action": "unsubscribe", "subscription": a["subscription"]}
         r = await c.request({"action": "unsubscribe", "stream": "klines", "symbol": "ETHUSDT", "interval": "1m",
                              "exchange": "binance"})
         assert r["type"] == "ack"

@@ -12,7 +12,9 @@ import pytest
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 
 from gateway.app import create_app
-from gateway.schemas import Dec, PositiveDec, StrictModel, api_router
+from gateway.rest.body import api_router
+from gateway.services.decimals import Dec, PositiveDec
+from gateway.services.requests import StrictModel
 from tests.servers import make_settings, run_gateway
 
 LIMIT = 64 * 1024

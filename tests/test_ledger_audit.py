@@ -15,7 +15,7 @@ from tests.ledger_audit import audit
 
 pytestmark = pytest.mark.asyncio
 
-RULES = PairRules("BTCUSDT", "BTC", "USDT", Decimal("0.001"), Decimal("0.002"))
+RULES = PairRules("BTCUSDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.00001"), maker_fee=Decimal("0.001"), taker_fee=Decimal("0.002"))
 D = Decimal
 
 

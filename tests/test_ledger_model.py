@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 import tempfile
@@ -219,7 +220,20 @@ SVC: Services | None = None
 # over the current state: a race (``cancel_race``) may end either way, and hypothesis must still replay the same
 # draws when an outcome differs.
 PICK = st.integers(0, 2**20)
-PLAIN = re.compile(r"0|[1-9][0-9]*(\.[0-9]*[1-9])?|0\.[0-9]*[1-9]")  # docs: decimal strings, no exponent
+PLAIN = re.compile(r"0|[1-9][0-9]*(\.[0-9]*[1-9])?|0\.[0-9]*[1-9]")  # docs: plain decimals, no exponent
+EXPONENT = re.compile(rb':\s*-?[0-9.]+[eE]')  # a bare JSON number written with an exponent
+
+
+def exact_json(raw: bytes) -> Any:
+    """A response as the SDK reads it: every number with a fraction an exact Decimal; none with an exponent."""
+    assert not EXPONENT.search(raw), raw[:400]
+    return json.loads(raw, parse_float=Decimal)
+
+
+def plain(v: Any) -> bool:
+    """An amount as the API writes it: a number without exponent or trailing zeros."""
+    return isinstance(v, int | Decimal) and not isinstance(v, bool) and \
+        PLAIN.fullmatch(str(v) if isinstance(v, int) else format(v, "f")) is not None
 FIRST_USDT, FIRST_BTC = D(1000), D("0.02")
 STATS: Counter[str] = Counter()  # what the examples did, so a run that tests nothing shows
 
@@ -245,7 +259,7 @@ class LedgerMachine(RuleBasedStateMachine):
         STATS[f"{resp.request.method} {resp.request.url.path.split('/')[1]} {status} {code or ''}".strip()] += 1
         assert resp.status_code == status, f"{resp.request.method} {resp.request.url.path}: expected {status}, got " \
                                            f"{resp.status_code} {resp.text[:400]}"
-        body = resp.json() if resp.content else None
+        body = exact_json(resp.content) if resp.content else None
         if code is not None:
             assert body["code"] == code, f"expected code {code}, got {body}"
         return body
@@ -259,7 +273,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 "filled_notional": o.filled_notional, "fee": o.fee, "exchanges": list(o.exchanges)}
         for k, v in want.items():
             if isinstance(v, Decimal):
-                assert PLAIN.fullmatch(got[k]), f"order {o.token_id}: {k} {got[k]!r} is not a plain decimal string"
+                assert plain(got[k]), f"order {o.token_id}: {k} {got[k]!r} is not a plain decimal"
         have = {k: (D(got[k]) if isinstance(want[k], Decimal) and got[k] is not None else got[k]) for k in want}
         assert have == want, f"order {o.token_id}: server {have}\nmodel  {want}"
 
@@ -456,7 +470,7 @@ class LedgerMachine(RuleBasedStateMachine):
             side, price, qty = body["side"], D(body["price"]), D(body["quantity"])
             if resp.status_code == 201:
                 o = L.place(body["token_id"], side, "limit", price, qty)
-                self.check_order(resp.json(), o)
+                self.check_order(exact_json(resp.content), o)
                 assert not crosses(side, price, self.svc.quotes)
             else:
                 self.expect(resp, 400, "insufficient_balance")
@@ -588,7 +602,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if resp.status_code == 200:
             STATS["modify race: modify won"] += 1
             L.modify(o, new_px, o.quantity)
-            self.check_order(resp.json(), o)
+            self.check_order(exact_json(resp.content), o)
             if crosses(o.side, new_px, self.svc.quotes):
                 L.settle(o, [Leg(new_px, o.quantity, named)], "maker")
                 self.pending.append((u, o))
@@ -623,7 +637,7 @@ class LedgerMachine(RuleBasedStateMachine):
             L = u.ledger
             bal = self.expect(self.req("GET", "/balance", u), 200)
             for asset in ("USDT", "BTC"):
-                assert all(PLAIN.fullmatch(bal[k][asset]) for k in bal), bal
+                assert all(plain(bal[k][asset]) for k in bal), bal
                 have = (D(bal["total"][asset]), D(bal["reserved"][asset]), D(bal["available"][asset]))
                 want = (L.total.get(asset, D(0)), L.reserved.get(asset, D(0)), L.available(asset))
                 assert have == want, f"{u.id} {asset}: server (total, reserved, available) {have}, model {want}"

@@ -10,7 +10,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import ledger_store
-from shared.ledger import LedgerError
+from shared.errors import DomainError
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,13 +39,13 @@ async def test_abort_and_no_op_leave_nothing_watched(aredis: aioredis.Redis) -> 
     await aredis.set("{u:t}:n", "1")
 
     def refuse(replies: list[Any]) -> tuple[None, None]:
-        raise LedgerError("nope", "refused", status=400)
+        raise DomainError("nope", "refused")
 
     def nothing(replies: list[Any]) -> tuple[str, None]:
         return "same", None
 
     for _ in range(3):
-        with pytest.raises(LedgerError):
+        with pytest.raises(DomainError):
             await ledger_store.transact(aredis, ["{u:t}:n"], [("GET", "{u:t}:n")], refuse)
         assert await ledger_store.transact(aredis, ["{u:t}:n"], [("GET", "{u:t}:n")], nothing) == "same"
     # the pooled connection carries no stale WATCH: a plain transaction on it still applies

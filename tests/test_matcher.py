@@ -69,15 +69,15 @@ async def test_resting_buy_fills_at_limit_when_ask_crosses(api: Api, redis_url: 
         assert (await c.get("/orders/b1", headers=h)).json()["status"] == "open"
         await publish_bbo(r, "okx", "BTCUSDT", "49900", "49990")  # okx ask crosses 50000
         o = await wait_status(c, "b1", "filled", h)
-    assert o["average_price"] == "50000" and o["filled_quantity"] == "0.01" and o["exchanges"] == ["okx"]
-    assert o["fee"] == "0.00001" and o["fee_asset"] == "BTC" and o["reserved"] == "0"  # maker 0.1% in BTC
+    assert o["average_price"] == 50000 and o["filled_quantity"] == 0.01 and o["exchanges"] == ["okx"]
+    assert o["fee"] == 0.00001 and o["fee_asset"] == "BTC" and o["reserved"] == 0  # maker 0.1% in BTC
     bal = (await c.get("/balance", headers=h)).json()
-    assert bal["total"]["USDT"] == "500" and bal["reserved"]["USDT"] == "0" and bal["total"]["BTC"] == "0.00999"
+    assert bal["total"]["USDT"] == 500 and bal["reserved"]["USDT"] == 0 and bal["total"]["BTC"] == 0.00999
     fills = (await c.get("/fills", headers=h)).json()
     assert fills["total"] == 1
     f = fills["fills"][0]
     assert (f["token_id"], f["price"], f["quantity"], f["fee"], f["exchange"], f["liquidity"]) == (
-        "b1", "50000", "0.01", "0.00001", "okx", "maker")
+        "b1", 50000, 0.01, 0.00001, "okx", "maker")
     assert [e["event"] for e in evs] == ["accepted", "filled"]
     assert evs[1]["order"]["status"] == "filled" and evs[1]["fills"][0]["price"] == "50000"
     await check_ledger(r, "alice")
@@ -97,12 +97,12 @@ async def test_marketable_on_arrival_fills_at_touch(api: Api, redis_url: str) ->
                                       "quantity": 0.1}, headers=h)
         b = await wait_status(c, "b", "filled", h)
         s = await wait_status(c, "s", "filled", h)
-    assert b["average_price"] == "49500" and b["exchanges"] == ["binance"] and b["fee"] == "0.00002"  # taker 0.2%
-    assert s["average_price"] == "49100" and s["exchanges"] == ["okx"] and s["fee"] == "9.82"
+    assert b["average_price"] == 49500 and b["exchanges"] == ["binance"] and b["fee"] == 0.00002  # taker 0.2%
+    assert s["average_price"] == 49100 and s["exchanges"] == ["okx"] and s["fee"] == 9.82
     bal = (await c.get("/balance", headers=h)).json()
     # 1000 - 495 + 4910 - 9.82 ; BTC 1 + 0.01 - 0.00002 - 0.1
-    assert bal["total"]["USDT"] == "5405.18" and bal["total"]["BTC"] == "0.90998"
-    assert bal["reserved"] == {k: "0" for k in bal["reserved"]}
+    assert bal["total"]["USDT"] == 5405.18 and bal["total"]["BTC"] == 0.90998
+    assert bal["reserved"] == {k: 0 for k in bal["reserved"]}
     await check_ledger(r, "alice")
 
 
@@ -120,7 +120,7 @@ async def test_down_or_silent_exchange_is_ignored(api: Api, redis_url: str) -> N
         assert (await c.get("/orders/s", headers=h)).json()["status"] == "open"
         await publish_status(r, "binance", "up")  # back up: the standing quote now crosses
         s = await wait_status(c, "s", "filled", h)
-    assert s["average_price"] == "60000" and s["exchanges"] == ["binance"]
+    assert s["average_price"] == 60000 and s["exchanges"] == ["binance"]
 
 
 async def test_market_and_ioc_walk_both_books_and_expire_remainder(api: Api, redis_url: str) -> None:
@@ -143,10 +143,10 @@ async def test_market_and_ioc_walk_both_books_and_expire_remainder(api: Api, red
                                           "price": 49985, "quantity": 0.5}, headers=h)
             i = await wait_status(c, "i", "expired", h)
             await wait_until(lambda: _n(evs, 4), what="events")
-    assert m["filled_quantity"] == "1" and m["exchanges"] == ["okx", "binance"]
+    assert m["filled_quantity"] == 1 and m["exchanges"] == ["okx", "binance"]
     # 2500 + 5001 + 5002 + 37522.5 = 50025.5
-    assert m["filled_notional"] == "50025.5" and m["average_price"] == "50025.5"
-    assert i["filled_quantity"] == "0.3" and i["filled_notional"] == "14997.5" and i["reason"] == "remainder expired"
+    assert m["filled_notional"] == 50025.5 and m["average_price"] == 50025.5
+    assert i["filled_quantity"] == 0.3 and i["filled_notional"] == 14997.5 and i["reason"] == "remainder expired"
     assert [e["event"] for e in evs] == ["accepted", "filled", "accepted", "expired"]
     assert len(evs[3]["fills"]) == 2
     fills = (await c.get("/fills?limit=3", headers=h)).json()
@@ -173,9 +173,9 @@ async def test_market_buy_limited_by_funds_and_no_price_rejected(api: Api, redis
         await c.post("/orders", json={"token_id": "m", "symbol": "BTCUSDT", "side": "buy", "type": "market",
                                       "quantity": 1}, headers=h)
         m = await wait_status(c, "m", "expired", h)
-    assert m["filled_quantity"] == "0.02" and m["filled_notional"] == "1000"
+    assert m["filled_quantity"] == 0.02 and m["filled_notional"] == 1000
     bal = (await c.get("/balance", headers=h)).json()
-    assert bal["total"]["USDT"] == "0" and bal["reserved"]["USDT"] == "0"
+    assert bal["total"]["USDT"] == 0 and bal["reserved"]["USDT"] == 0
     await check_ledger(r, "alice")
 
 
@@ -199,7 +199,7 @@ async def test_ioc_arriving_before_the_feeds_are_heard_waits_for_them(api: Api, 
         for ex in ("binance", "okx"):
             await publish_status(r, ex)
         i = await wait_status(c, "i", "filled", h)
-    assert i["average_price"] == "49500" and i["exchanges"] == ["okx"]
+    assert i["average_price"] == 49500 and i["exchanges"] == ["okx"]
     await check_ledger(r, "alice")
 
 
@@ -215,7 +215,7 @@ async def test_modify_into_the_market_fills_at_once(api: Api, redis_url: str) ->
         assert (await c.get("/orders/b", headers=h)).json()["status"] == "open"
         assert (await c.put("/orders/b", json={"price": 49600}, headers=h)).status_code == 200
         b = await wait_status(c, "b", "filled", h)
-    assert b["average_price"] == "49500" and b["price"] == "49600"
+    assert b["average_price"] == 49500 and b["price"] == 49600
     await check_ledger(r, "alice")
 
 
@@ -231,8 +231,8 @@ async def test_order_placed_while_matcher_down_executes_on_start(api: Api, redis
     async with matcher(settings, redis_url):
         b = await wait_status(c, "b", "filled", h)
         m = await wait_status(c, "m", "filled", h)
-    assert b["average_price"] == "50000"  # found resting: its own limit price
-    assert m["average_price"] == "49900"
+    assert b["average_price"] == 50000  # found resting: its own limit price
+    assert m["average_price"] == 49900
     await check_ledger(r, "alice")
 
 
@@ -259,7 +259,7 @@ async def test_two_matchers_fill_each_order_once(api: Api, redis_url: str) -> No
         assert fills["total"] == 4
         bal = (await c.get("/balance", headers=auth(settings, u))).json()
         # 10000 - 0.01 * (50000 + 49999 + 49998 + 49997)
-        assert bal["total"]["USDT"] == "8000.06" and bal["total"]["BTC"] == "0.03996"
+        assert bal["total"]["USDT"] == 8000.06 and bal["total"]["BTC"] == 0.03996
         await check_ledger(r, u)
 
 
@@ -296,10 +296,10 @@ async def test_cancel_and_modify_race_with_fills(api: Api, redis_url: str) -> No
         if k % 2 and codes[k] == 200:
             assert o["status"] == "cancelled"
         if k % 2 == 0 and codes[k] == 200:
-            assert o["status"] == "filled" and o["quantity"] == "0.02"  # modified, then filled at its size
+            assert o["status"] == "filled" and o["quantity"] == 0.02  # modified, then filled at its size
     spent = sum((D(o["filled_notional"]) for o in filled.values()), D(0))
     bal = (await c.get("/balance", headers=h)).json()
-    assert D(bal["total"]["USDT"]) == D(100000) - spent and bal["reserved"]["USDT"] == "0"
+    assert D(str(bal["total"]["USDT"])) == D(100000) - spent and bal["reserved"]["USDT"] == 0
     await check_ledger(r, "alice")
 
 

@@ -21,11 +21,11 @@ async def test_info(redis_url: str) -> None:
     assert info["pairs"] == ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT"]
     assert len(info["symbols"]) == 5
     assert info["symbols"][0] == {
-        "symbol": "BTCUSDT", "base": "BTC", "quote": "USDT", "tick_size": "0.01", "lot_step": "0.00001",
-        "min_notional": "5", "maker_fee": "0", "taker_fee": "0",
+        "symbol": "BTCUSDT", "base": "BTC", "quote": "USDT", "tick_size": 0.01, "lot_step": 0.00001,
+        "min_notional": 5, "maker_fee": 0, "taker_fee": 0,
         "exchanges": {"binance": "BTCUSDT", "okx": "BTC-USDT"},
     }
-    assert info["symbols"][4]["tick_size"] == "0.00001" and info["symbols"][4]["exchanges"]["okx"] == "DOGE-USDT"
+    assert info["symbols"][4]["tick_size"] == 0.00001 and info["symbols"][4]["exchanges"]["okx"] == "DOGE-USDT"
 
 
 async def test_info_reflects_fee_configuration(redis_url: str, tmp_path: Path) -> None:
@@ -35,8 +35,8 @@ async def test_info_reflects_fee_configuration(redis_url: str, tmp_path: Path) -
     async with run_gateway(redis_url, SR_CONFIG=str(tmp_path / "c.toml")) as base, \
             httpx.AsyncClient(base_url=base) as c:
         symbols = (await c.get("/info")).json()["symbols"]
-    assert (symbols[0]["maker_fee"], symbols[0]["taker_fee"]) == ("0.0010", "0.002")
-    assert (symbols[1]["maker_fee"], symbols[1]["taker_fee"]) == ("0", "0")
+    assert (symbols[0]["maker_fee"], symbols[0]["taker_fee"]) == (0.0010, 0.002)
+    assert (symbols[1]["maker_fee"], symbols[1]["taker_fee"]) == (0, 0)
 
 
 async def test_openapi_documents_every_error_and_the_password_flow(redis_url: str) -> None:
@@ -118,7 +118,7 @@ async def test_decimal_strings_padded_with_other_than_json_blanks_are_refused(re
         for amount in ("\u00a05", "5\u2003", "\x1c5", "\x0b5", " " * 64 + "5"):
             r = await c.post("/deposit", json={"asset": "USDT", "amount": amount}, headers=a)
             assert (r.status_code, r.json()["code"]) == (422, "invalid_number"), amount
-        assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == "0"
+        assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == 0
         for amount in (" 5", "5 ", "\t5\r\n"):
             assert (await c.post("/deposit", json={"asset": "USDT", "amount": amount}, headers=a)).status_code == 200
-        assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == "15"
+        assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == 15

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.schemas import to_decimal
+from gateway.services.decimals import to_decimal
 from shared import names
 from shared.money import fmt
 from shared.schema import BBO, Book, FeedStatus, SchemaError, Trade, decode, encode

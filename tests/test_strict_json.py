@@ -2,8 +2,8 @@ from decimal import Decimal
 
 import pytest
 
-from gateway import strict_json
-from gateway.strict_json import BadJson
+from gateway import jsonio as strict_json
+from gateway.jsonio import BadJson
 
 
 def test_numbers_keep_their_digits() -> None:

@@ -36,9 +36,9 @@ async def test_deposit_and_balance(api) -> None:  # type: ignore[no-untyped-def]
     r = await c.post("/deposit", json={"asset": "USDT", "amount": 1000.1}, headers=a)
     assert r.status_code == 200, r.text
     r = await c.post("/deposit", json={"asset": "USDT", "amount": "0.2"}, headers=a)
-    assert r.json()["total"]["USDT"] == "1000.3"  # exact, no float drift
+    assert r.json()["total"]["USDT"] == 1000.3  # exact, no float drift
     bal = (await c.get("/balance", headers=a)).json()
-    assert bal["available"]["USDT"] == "1000.3" and bal["reserved"]["USDT"] == "0"
+    assert bal["available"]["USDT"] == 1000.3 and bal["reserved"]["USDT"] == 0
     assert set(bal["total"]) == {"BTC", "USDT", "ETH", "SOL", "XRP", "DOGE"}
 
 
@@ -70,7 +70,7 @@ async def test_deposit_rejections(api, body: bytes, code: str) -> None:  # type:
     r = await c.send(raw(c, "POST", "/deposit", body, a))
     assert r.status_code == (400 if code == "invalid_json" else 422), r.text
     assert r.json()["code"] == code and r.json()["detail"]
-    assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == "0"
+    assert (await c.get("/balance", headers=a)).json()["total"]["USDT"] == 0
 
 
 async def test_oversize_body_and_auth(api) -> None:  # type: ignore[no-untyped-def]
@@ -95,10 +95,10 @@ async def test_place_get_list_and_ownership(api) -> None:  # type: ignore[no-unt
     assert r.status_code == 201, r.text
     o = r.json()
     assert o["token_id"] == "o1" and o["status"] == "open" and o["type"] == "limit"
-    assert o["price"] == "50000" and o["quantity"] == "0.01" and o["reserved"] == "500"
-    assert o["filled_quantity"] == "0" and o["average_price"] is None and "user_id" not in o
+    assert o["price"] == 50000 and o["quantity"] == 0.01 and o["reserved"] == 500
+    assert o["filled_quantity"] == 0 and o["average_price"] is None and "user_id" not in o
     bal = (await c.get("/balance", headers=a)).json()
-    assert bal["reserved"]["USDT"] == "500" and bal["available"]["USDT"] == "500"
+    assert bal["reserved"]["USDT"] == 500 and bal["available"]["USDT"] == 500
     assert (await c.get("/orders/o1", headers=a)).json() == o
     # another user's order is indistinguishable from a missing one
     for m in ("GET", "DELETE"):
@@ -154,7 +154,7 @@ async def test_order_rejections(api, changes: dict[str, object], status: int, co
     assert r.status_code == status, r.text
     assert r.json()["code"] == code and r.json()["detail"]
     bal = (await c.get("/balance", headers=a)).json()
-    assert bal["reserved"]["USDT"] == "0" and (await c.get("/orders", headers=a)).json()["total"] == 0
+    assert bal["reserved"]["USDT"] == 0 and (await c.get("/orders", headers=a)).json()["total"] == 0
 
 
 async def test_nan_price_and_sell_needs_base(api) -> None:  # type: ignore[no-untyped-def]
@@ -167,7 +167,7 @@ async def test_nan_price_and_sell_needs_base(api) -> None:  # type: ignore[no-un
     # a rejected token_id is not consumed
     await c.post("/deposit", json={"asset": "BTC", "amount": "0.5"}, headers=a)
     r = await c.post("/orders", json=order(side="sell"), headers=a)
-    assert r.status_code == 201 and r.json()["reserve_asset"] == "BTC" and r.json()["reserved"] == "0.01"
+    assert r.status_code == 201 and r.json()["reserve_asset"] == "BTC" and r.json()["reserved"] == 0.01
 
 
 async def test_cancel(api) -> None:  # type: ignore[no-untyped-def]
@@ -175,8 +175,8 @@ async def test_cancel(api) -> None:  # type: ignore[no-untyped-def]
     await c.post("/deposit", json={"asset": "USDT", "amount": 1000}, headers=a)
     await c.post("/orders", json=order(), headers=a)
     r = await c.delete("/orders/o1", headers=a)
-    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["reserved"] == "0"
-    assert (await c.get("/balance", headers=a)).json()["available"]["USDT"] == "1000"
+    assert r.status_code == 200 and r.json()["status"] == "cancelled" and r.json()["reserved"] == 0
+    assert (await c.get("/balance", headers=a)).json()["available"]["USDT"] == 1000
     r = await c.delete("/orders/o1", headers=a)
     assert r.status_code == 409 and r.json()["code"] == "order_not_open" and "cancelled" in r.json()["detail"]
     assert (await c.delete("/orders/" + "z" * 100, headers=a)).status_code == 404
@@ -190,11 +190,11 @@ async def test_modify(api) -> None:  # type: ignore[no-untyped-def]
     await c.post("/orders", json=order(), headers=a)
     r = await c.put("/orders/o1", json={"price": "40000", "quantity": 0.02}, headers=a)
     assert r.status_code == 200, r.text
-    assert r.json()["price"] == "40000" and r.json()["quantity"] == "0.02" and r.json()["reserved"] == "800"
-    assert (await c.get("/balance", headers=a)).json()["reserved"]["USDT"] == "800"
+    assert r.json()["price"] == 40000 and r.json()["quantity"] == 0.02 and r.json()["reserved"] == 800
+    assert (await c.get("/balance", headers=a)).json()["reserved"]["USDT"] == 800
     r = await c.put("/orders/o1", json={"quantity": 0.03}, headers=a)  # 1200 > 1000
     assert r.status_code == 400 and r.json()["code"] == "insufficient_balance"
-    assert (await c.get("/orders/o1", headers=a)).json()["quantity"] == "0.02"
+    assert (await c.get("/orders/o1", headers=a)).json()["quantity"] == 0.02
     for body, code in [({}, "missing_field"), ({"price": 1.001}, "invalid_price"), ({"side": "sell"}, "unknown_field"),
                        ({"price": "NaN"}, "invalid_number"), ({"quantity": 0.00001}, "below_min_notional")]:
         r = await c.put("/orders/o1", json=body, headers=a)
@@ -202,4 +202,4 @@ async def test_modify(api) -> None:  # type: ignore[no-untyped-def]
     await c.delete("/orders/o1", headers=a)
     r = await c.put("/orders/o1", json={"price": 30000}, headers=a)
     assert r.status_code == 409 and r.json()["code"] == "order_not_open"
-    assert (await c.get("/balance", headers=a)).json()["reserved"]["USDT"] == "0"
+    assert (await c.get("/balance", headers=a)).json()["reserved"]["USDT"] == 0

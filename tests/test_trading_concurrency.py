@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared import ledger, ledger_store
-from shared.ledger import LedgerError, PairRules
+from shared.errors import DomainError
+from shared.ledger import PairRules
 from tests.servers import make_settings, run_gateway
 from tests.trading_helpers import auth
 
@@ -39,7 +40,7 @@ async def test_http_races(redis_url: str, aredis: aioredis.Redis) -> None:
         assert codes.count(201) == 100 and codes.count(400) == 100, codes
         assert all(r.json()["code"] == "insufficient_balance" for r in rs if r.status_code == 400)
         bal = (await c1.get("/balance", headers=h)).json()
-        assert bal["reserved"]["USDT"] == "1000" and bal["available"]["USDT"] == "0"
+        assert bal["reserved"]["USDT"] == 1000 and bal["available"]["USDT"] == 0
 
         # 50 simultaneous submissions of one token_id: one order
         await c1.post("/deposit", json={"asset": "USDT", "amount": 1000}, headers=h)
@@ -47,20 +48,20 @@ async def test_http_races(redis_url: str, aredis: aioredis.Redis) -> None:
                                     for i in range(50)])
         codes = [r.status_code for r in rs]
         assert codes.count(201) == 1 and codes.count(409) == 49, codes
-        assert (await c1.get("/balance", headers=h)).json()["reserved"]["USDT"] == "1010"
+        assert (await c1.get("/balance", headers=h)).json()["reserved"]["USDT"] == 1010
 
         # 10 simultaneous cancels: one releases, nine see it cancelled
         rs = await asyncio.gather(*[(c1 if i % 2 else c2).delete("/orders/same", headers=h) for i in range(10)])
         codes = [r.status_code for r in rs]
         assert codes.count(200) == 1 and codes.count(409) == 9, codes
         bal = (await c1.get("/balance", headers=h)).json()
-        assert bal["reserved"]["USDT"] == "1000" and bal["available"]["USDT"] == "1000"
+        assert bal["reserved"]["USDT"] == 1000 and bal["available"]["USDT"] == 1000
     ledger.check_invariants(await ledger_store.get_account(aredis, "alice"),
                             await ledger_store.open_orders(aredis, "alice"))
 
 
 async def test_store_races_without_the_lock(aredis: aioredis.Redis) -> None:
-    rules = PairRules("BTCUSDT", "BTC", "USDT")
+    rules = PairRules("BTCUSDT", "BTC", "USDT", D("0.01"), D("0.00001"))
     await ledger_store.deposit(aredis, "bob", "USDT", D("300"))
 
     async def place(i: int) -> bool:
@@ -68,7 +69,7 @@ async def test_store_races_without_the_lock(aredis: aioredis.Redis) -> None:
             await ledger_store.place(aredis, rules, user_id="bob", token_id=f"t{i % 40}", side="buy", type_="limit",
                                      price=D("10"), quantity=D("1"), now_us=i)
             return True
-        except LedgerError as e:
+        except DomainError as e:
             assert e.code in ("insufficient_balance", "duplicate_token_id")
             return False
 
@@ -84,7 +85,7 @@ async def test_store_races_without_the_lock(aredis: aioredis.Redis) -> None:
         try:
             await ledger_store.cancel(aredis, user_id="bob", token_id=token, now_us=1)
             return True
-        except LedgerError as e:
+        except DomainError as e:
             assert e.code == "order_not_open"
             return False
 

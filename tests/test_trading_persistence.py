@@ -93,7 +93,7 @@ async def test_matcher_reconnects_after_redis_restart(tmp_path: Path) -> None:
                 resp = await c.post("/orders", json=order("after", 50000), headers=h)
                 assert resp.status_code == 201, resp.text
                 o = await wait_status(c, "after", "filled", h)
-                assert o["average_price"] == "49500"
+                assert o["average_price"] == 49500
             finally:
                 await r.aclose()
     finally:

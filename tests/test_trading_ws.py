@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared import ledger, ledger_store, names
+from shared.ledger import Order
 from shared.settings import Settings
 from tests.mdfeed import MdFeed
 from tests.servers import make_settings, run_gateway
@@ -74,7 +76,7 @@ async def test_orders_stream_gets_every_event(env: Env, redis_url: str) -> None:
     async with matcher(settings, redis_url), feed.heartbeats("binance", "okx"), \
             ws_client(base, tok=token("u1")) as ws, ws_client(base, tok=token("u2")) as other:
         ack = await ws.request({"action": "subscribe", "stream": "orders", "id": "s"})
-        assert ack == {"type": "ack", "id": "s", "action": "subscribe", "topic": "orders", "stream": "orders"}
+        assert ack == {"type": "ack", "id": "s", "action": "subscribe", "subscription": "orders", "stream": "orders"}
         await other.subscribe(stream="orders")
         assert (await ws.request({"action": "subscribe", "stream": "orders"}))["code"] == "already_subscribed"
         await feed.bbo("okx", "BTCUSDT", "49000", "1", "49500", "1")
@@ -113,7 +115,7 @@ async def test_orders_stream_gets_every_event(env: Env, redis_url: str) -> None:
         with pytest.raises(asyncio.TimeoutError):
             await other.until(lambda m: m["type"] == "order", 0.3)
         # unsubscribe: no more events
-        assert (await ws.request({"action": "unsubscribe", "topic": "orders"}))["topic"] == "orders"
+        assert (await ws.request({"action": "unsubscribe", "subscription": "orders"}))["subscription"] == "orders"
         await c.post("/orders", json=limit("d", price=40000), headers=h)
         with pytest.raises(asyncio.TimeoutError):
             await ws.until(lambda m: m["type"] == "order", 0.3)
@@ -146,7 +148,7 @@ async def test_ws_place_cancel_modify_get_balance(env: Env) -> None:
         assert (await next_event(ws))["event"] == "cancelled"
     h = auth(settings, "u1")
     assert (await c.get("/orders/w1", headers=h)).json()["status"] == "cancelled"
-    assert (await c.get("/balance", headers=h)).json()["reserved"]["USDT"] == "0"
+    assert (await c.get("/balance", headers=h)).json()["reserved"]["USDT"] == 0
     await check_ledger(r, "u1")
 
 
@@ -217,7 +219,7 @@ async def test_ws_rejections_echo_the_id_and_leave_no_trace(env: Env) -> None:
         assert reply["code"] == "order_not_open"
     h = auth(settings, "u1")
     assert (await c.get("/orders", headers=h)).json()["total"] == 1
-    assert (await c.get("/balance", headers=h)).json()["total"]["USDT"] == "1000"
+    assert (await c.get("/balance", headers=h)).json()["total"]["USDT"] == 1000
     await check_ledger(r, "u1")
 
 
@@ -249,9 +251,9 @@ async def test_market_and_ioc_answer_their_final_state(env: Env, redis_url: str)
                                               "quantity": 0.1}, headers=h)
             assert m.status_code == 201, m.text
             o = m.json()
-            assert o["status"] == "filled" and o["filled_quantity"] == "0.1" and o["reserved"] == "0"
+            assert o["status"] == "filled" and o["filled_quantity"] == 0.1 and o["reserved"] == 0
             assert [(f["price"], f["quantity"], f["exchange"]) for f in o["fills"]] == [
-                ("50000", "0.05", "okx"), ("50010", "0.05", "binance")]
+                (50000, 0.05, "okx"), (50010, 0.05, "binance")]
             assert {k: v for k, v in o.items() if k != "fills"} == (await c.get("/orders/m", headers=h)).json()
             # IOC over the WebSocket: 0.1 @ 49995 okx, 0.2 @ 49990 binance, the rest expires
             async with ws_client(base, tok=token("u1")) as ws:
@@ -296,8 +298,9 @@ async def test_slow_client_is_closed_never_loses_an_order_event(redis_url: str, 
             pad = "p" * 4000
             channel = names.user_events_channel("u1")
             for i in range(n):
-                order = {"token_id": str(i), "symbol": "BTCUSDT", "price": "1", "status": "open", "reason": pad}
-                await aredis.publish(channel, orjson.dumps({"type": "order", "event": "accepted", "order": order}))
+                order = Order("u1", str(i), "BTCUSDT", "buy", "limit", Decimal(1), Decimal(1), "USDT", Decimal(1),
+                              reason=pad)
+                await aredis.publish(channel, orjson.dumps(ledger.event("accepted", order)))
             await asyncio.wait_for(reader, 30)
             assert got == list(range(n))  # the fast client got every event, in order
             seen: list[int] = []

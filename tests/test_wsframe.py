@@ -14,8 +14,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from gateway.app import create_app
-from gateway.wsframe import as_frame, is_frame, payload_of, text_frame
-from gateway.wsserver import frame_sink
+from gateway.realtime.frames import as_frame, is_frame, payload_of, text_frame
+from gateway.realtime.server import frame_sink
 from tests.mdfeed import MdFeed
 from tests.servers import make_settings, run_gateway
 from tests.wsclient import token, ws_client

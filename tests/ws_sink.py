@@ -18,7 +18,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.wsproto import EXCHANGE_FILTERS
+from gateway.realtime.protocol import EXCHANGE_FILTERS
 from shared.klines import INTERVALS_US
 
 

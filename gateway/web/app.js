@@ -40,6 +40,12 @@ const decimalsOf = (step) => (String(step).split('.')[1] || '').replace(/0+$/, '
 const sym = () => state.symbols.get(state.symbol);
 const pxDec = () => decimalsOf(sym()?.tick_size ?? '0.01');
 const qtyDec = () => decimalsOf(sym()?.lot_step ?? '0.00001');
+// A JSON number as the server wrote it (JS would print 0.00000099 as 9.9e-7).
+const plain = (v) => {
+  const s = String(v ?? '');
+  const m = /^(-?)(\d)(?:\.(\d+))?e-(\d+)$/.exec(s);
+  return m ? `${m[1]}0.${'0'.repeat(Number(m[4]) - 1)}${m[2]}${m[3] ?? ''}` : s;
+};
 const fmt = (v, dec) => (v === null || v === undefined || v === '') ? '—' : Number(v).toFixed(dec);
 const hms = (us) => new Date(us / 1000).toLocaleTimeString([], { hour12: false }) +
   '.' + String(Math.floor(us / 1000) % 1000).padStart(3, '0');
@@ -166,7 +172,7 @@ class Feed {
 
   // role: a name of ours for one subscription; spec: the subscribe message without action/id.
   subscribe(role, spec) {
-    if (this.topics[role]) this.send({ action: 'unsubscribe', topic: this.topics[role] });
+    if (this.topics[role]) this.send({ action: 'unsubscribe', subscription: this.topics[role] });
     delete this.topics[role];
     this.gen[role] = (this.gen[role] || 0) + 1;
     this.specs[role] = spec;
@@ -185,7 +191,7 @@ class Feed {
     if (m.type === 'ack' || m.type === 'error') {
       const [role, gen] = String(m.id ?? '').split('#');
       if (!role || Number(gen) !== this.gen[role]) return;
-      if (m.type === 'ack' && m.action === 'subscribe') { this.topics[role] = m.topic; controlsError(role, null); }
+      if (m.type === 'ack' && m.action === 'subscribe') { this.topics[role] = m.subscription; controlsError(role, null); }
       if (m.type === 'error') controlsError(role, m);
       return;
     }
@@ -366,8 +372,8 @@ function renderBalance(b) {
   const s = sym();
   const assets = state.info.assets.filter((a) => Number(b.total[a]) !== 0 || a === s?.base || a === s?.quote);
   $('#balances tbody').replaceChildren(...assets.map((a) => el('tr', { id: `bal-${a}`, dataset: { asset: a } },
-    el('td', {}, a), el('td', { class: 'num total' }, b.total[a] ?? '0'),
-    el('td', { class: 'num available' }, b.available[a] ?? '0'), el('td', { class: 'num reserved' }, b.reserved[a] ?? '0'))));
+    el('td', {}, a), el('td', { class: 'num total' }, plain(b.total[a] ?? 0)),
+    el('td', { class: 'num available' }, plain(b.available[a] ?? 0)), el('td', { class: 'num reserved' }, plain(b.reserved[a] ?? 0)))));
 }
 
 function upsertOrder(o) {
@@ -387,7 +393,7 @@ function renderOrders() {
       el('td', { title: o.token_id }, o.token_id.replace(/^web-/, '')), el('td', {}, o.symbol),
       el('td', { class: `side-${o.side}` }, `${o.side} ${o.type}`),
       el('td', { class: 'num price' }, o.price == null ? 'market' : fmt(o.price, dec)),
-      el('td', { class: 'num qty' }, String(o.quantity)), el('td', { class: 'num' }, String(o.filled_quantity)),
+      el('td', { class: 'num qty' }, plain(o.quantity)), el('td', { class: 'num' }, plain(o.filled_quantity)),
       el('td', { class: 'actions' },
         el('button', { type: 'button', class: 'secondary modify' }, 'Modify'), ' ',
         el('button', { type: 'button', class: 'secondary cancel' }, 'Cancel')));
@@ -401,7 +407,7 @@ function onOrderEvent(ev) {
   refreshBalanceSoon();
   const o = ev.order;
   const px = o.average_price ?? o.price ?? 'market';
-  const li = el('li', { class: 'flash' }, `${new Date().toLocaleTimeString([], { hour12: false })} ${ev.event}: ${o.side} ${o.quantity} ${o.symbol} @ ${px} (${o.token_id.replace(/^web-/, '')})`);
+  const li = el('li', { class: 'flash' }, `${new Date().toLocaleTimeString([], { hour12: false })} ${ev.event}: ${o.side} ${plain(o.quantity)} ${o.symbol} @ ${plain(px)} (${o.token_id.replace(/^web-/, '')})`);
   $('#events').prepend(li);
   while ($('#events').children.length > 5) $('#events').lastChild.remove();
 }
@@ -415,8 +421,8 @@ async function onOrdersClick(e) {
       upsertOrder(await api('DELETE', `/orders/${encodeURIComponent(token)}`));
       refreshBalanceSoon();
     } else if (e.target.classList.contains('modify')) {
-      row.querySelector('.price').replaceChildren(el('input', { class: 'new-price', value: String(o.price ?? ''), inputmode: 'decimal' }));
-      row.querySelector('.qty').replaceChildren(el('input', { class: 'new-qty', value: String(o.quantity), inputmode: 'decimal' }));
+      row.querySelector('.price').replaceChildren(el('input', { class: 'new-price', value: plain(o.price ?? ''), inputmode: 'decimal' }));
+      row.querySelector('.qty').replaceChildren(el('input', { class: 'new-qty', value: plain(o.quantity), inputmode: 'decimal' }));
       row.querySelector('.actions').replaceChildren(el('button', { type: 'button', class: 'save' }, 'Save'), ' ',
         el('button', { type: 'button', class: 'secondary undo' }, '×'));
     } else if (e.target.classList.contains('undo')) {
@@ -424,8 +430,8 @@ async function onOrdersClick(e) {
     } else if (e.target.classList.contains('save')) {
       const body = {};
       const price = row.querySelector('.new-price').value.trim(), qty = row.querySelector('.new-qty').value.trim();
-      if (price !== String(o.price)) body.price = price;
-      if (qty !== String(o.quantity)) body.quantity = qty;
+      if (price !== plain(o.price)) body.price = price;
+      if (qty !== plain(o.quantity)) body.quantity = qty;
       if (!Object.keys(body).length) { renderOrders(); return; }
       upsertOrder(await api('PUT', `/orders/${encodeURIComponent(token)}`, body));
       refreshBalanceSoon();
@@ -461,8 +467,8 @@ async function placeOrder(ev) {
     const o = await api('POST', '/orders', body);
     upsertOrder(o);
     refreshBalanceSoon();
-    const filled = Number(o.filled_quantity) ? `, filled ${o.filled_quantity} @ ${o.average_price}` : '';
-    $('#order-result').textContent = `${o.side} ${o.quantity} ${o.symbol}: ${o.status}${filled}`;
+    const filled = Number(o.filled_quantity) ? `, filled ${plain(o.filled_quantity)} @ ${plain(o.average_price)}` : '';
+    $('#order-result').textContent = `${o.side} ${plain(o.quantity)} ${o.symbol}: ${o.status}${filled}`;
   } catch (e) {
     $('#order-error').textContent = `${e.message} (${e.code})`;
     $('#order-error').dataset.code = e.code;

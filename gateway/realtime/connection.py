@@ -1,8 +1,9 @@
 """The client WebSocket ``/ws``: authentication, one reply per client message, a writer per connection.
 
 Actions are a table (``ACTIONS``); adding one is ``@action("name")`` on an ``async def (conn, msg)``
-that replies with ``conn.ack(...)`` or raises ``WsError``. Streams other than market data are entries of
-``STREAM_HANDLERS`` (``gateway.ws_orders`` registers the user's ``orders`` and the order actions).
+that replies with ``conn.ack(...)`` or raises ``DomainError`` (answered ``{"type": "error", "code",
+"message"}``). Streams other than market data are entries of ``STREAM_HANDLERS``
+(``gateway.realtime.order_actions`` registers the user's ``orders`` and the order actions).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from fastapi import APIRouter, WebSocket
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from gateway import metrics, strict_json
-from gateway.fanout import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
-from gateway.wsproto import MARKET_STREAMS, Spec, WsError, parse_spec, parse_topic
-from gateway.wsserver import frame_sink
+from gateway import jsonio, metrics
+from gateway.realtime.protocol import MARKET_STREAMS, Spec, Subscription, parse_spec, parse_topic
+from gateway.realtime.queue import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
+from gateway.realtime.server import frame_sink
 from shared import tokens
+from shared.errors import DomainError
 from shared.settings import Settings
 from shared.timeutil import now_us
 
@@ -35,12 +37,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 
 
-class Closable(Protocol):
-    async def close(self) -> None: ...
-
-
 class StreamSource(Protocol):
-    async def subscribe(self, spec: Spec, queue: ClientQueue, ack: str) -> Closable: ...
+    async def subscribe(self, spec: Spec, queue: ClientQueue, ack: str) -> Subscription: ...
 
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
@@ -86,9 +84,8 @@ class Connection:
         self.settings = settings
         cfg = settings.ws
         self.queue = ClientQueue(cfg.queue_max, cfg.queue_hard_max)
-        self.queue.direct = self._send  # the naive benchmark variant sends without the queue
         self.user_id: str | None = None
-        self.subs: dict[str, Closable] = {}
+        self.subs: dict[str, Subscription] = {}
         self._allowance = 2 * cfg.rate_per_s
         self._last_refill = time.monotonic()
 
@@ -170,9 +167,6 @@ class Connection:
         while not self.queue.idle:  # noqa: ASYNC110 - bounded by the caller, only before a close
             await asyncio.sleep(0.01)
 
-    async def _send(self, frame: str) -> None:
-        await self.ws.send_text(frame)
-
     async def _writer(self) -> None:
         await self.queue.pump(self.ws.send_text)
 
@@ -226,8 +220,8 @@ class Connection:
         if len(text) > self.settings.ws.max_message_bytes:
             raise _Close(CLOSE_TOO_BIG, f"message larger than {self.settings.ws.max_message_bytes} bytes")
         try:
-            msg = strict_json.loads(text)  # exact decimals for the order actions
-        except strict_json.BadJson as e:
+            msg = jsonio.loads(text)  # exact decimals for the order actions
+        except jsonio.BadJson as e:
             self.error("bad_json", f"message is not valid JSON: {e}")
             return
         if not isinstance(msg, dict):
@@ -248,7 +242,7 @@ class Connection:
             return
         try:
             await handler(self, msg)
-        except WsError as e:
+        except DomainError as e:
             self.error(e.code, e.message, msg)
         except (RedisError, OSError) as e:  # as REST's 503: the connection stays, the client may retry
             log.warning("websocket %s: redis unavailable: %r", name, e)
@@ -267,9 +261,9 @@ async def _auth(conn: Connection, msg: dict[str, Any]) -> None:
         if conn.user_id is None:
             conn.error("auth_failed", str(e), msg)
             raise _Close(CLOSE_POLICY, f"authentication failed: {e}") from None
-        raise WsError("auth_failed", str(e)) from None
+        raise DomainError("auth_failed", str(e)) from None
     if conn.user_id is not None and user_id != conn.user_id:
-        raise WsError("auth_failed", "this connection is already authenticated as another user")
+        raise DomainError("auth_failed", "this connection is already authenticated as another user")
     conn.user_id = user_id
     conn.reply("auth", msg, status="ok", user_id=user_id)
 
@@ -280,8 +274,10 @@ async def _ping(conn: Connection, msg: dict[str, Any]) -> None:
 
 
 def _spec_of(conn: Connection, msg: dict[str, Any]) -> Spec:
-    if "topic" in msg and "stream" not in msg:
-        return parse_topic(msg["topic"], conn.settings)
+    """What to unsubscribe: the ack's ``subscription`` (or ``topic``, as data names it), or the stream fields."""
+    for key in ("subscription", "topic"):
+        if key in msg and "stream" not in msg:
+            return parse_topic(msg[key], conn.settings)
     return parse_spec(msg, conn.settings, tuple(STREAM_HANDLERS))
 
 
@@ -290,9 +286,9 @@ async def _subscribe(conn: Connection, msg: dict[str, Any]) -> None:
     spec = parse_spec(msg, conn.settings, tuple(STREAM_HANDLERS))
     topic = spec.topic
     if topic in conn.subs:
-        raise WsError("already_subscribed", f"already subscribed to {topic}")
+        raise DomainError("already_subscribed", f"already subscribed to {topic}")
     if len(conn.subs) >= conn.settings.ws.max_subscriptions:
-        raise WsError("too_many_subscriptions",
+        raise DomainError("too_many_subscriptions",
                       f"at most {conn.settings.ws.max_subscriptions} subscriptions per connection")
     source = STREAM_HANDLERS[spec.stream](conn)
     ack = orjson.dumps(conn.reply_obj("ack", msg, action="subscribe", **spec.describe())).decode()
@@ -305,10 +301,10 @@ async def _unsubscribe(conn: Connection, msg: dict[str, Any]) -> None:
     spec = _spec_of(conn, msg)
     sub = conn.subs.pop(spec.topic, None)
     if sub is None:
-        raise WsError("not_subscribed", f"not subscribed to {spec.topic}")
+        raise DomainError("not_subscribed", f"not subscribed to {spec.topic}")
     metrics.WS_SUBSCRIPTIONS.labels(spec.stream).dec()
     await sub.close()
-    conn.ack(msg, topic=spec.topic)
+    conn.ack(msg, subscription=spec.topic)
 
 
 @action("list")

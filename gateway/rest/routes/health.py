@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway import metrics
-from gateway.ready import HealthOut, ReadyOut, probe, readiness
+from gateway.services.readiness import HealthOut, ReadyOut, probe, readiness
 from shared.settings import EXCHANGES
 
 router = APIRouter(tags=["operations"])

@@ -21,33 +21,25 @@ from shared.settings import Settings
 
 ORDER = "/orders/{token_id}"
 TOKEN_FROM_BODY = {"token_id": "$response.body#/token_id"}
+Link = tuple[str, str, dict[str, Any]]
+# From an order in the answer to what can be done with it next.
+ORDER_LINKS: dict[str, Link] = {
+    "GetOrder": ("get", ORDER, {"parameters": TOKEN_FROM_BODY}),
+    "ModifyOrder": ("put", ORDER, {"parameters": TOKEN_FROM_BODY}),
+    "CancelOrder": ("delete", ORDER, {"parameters": TOKEN_FROM_BODY}),
+}
 
 # (method, path, status) of the answer -> {link name: (method, path of the next operation, link fields)}
-LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
+LINKS: dict[tuple[str, str, str], dict[str, Link]] = {
     ("post", "/register", "201"): {
         "Login": ("post", "/login", {"requestBody": {"username": "$request.body#/username",
                                                      "password": "$request.body#/password"}}),
     },
-    ("post", "/orders", "201"): {
-        "GetOrder": ("get", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "ModifyOrder": ("put", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "CancelOrder": ("delete", ORDER, {"parameters": TOKEN_FROM_BODY}),
-    },
-    ("put", ORDER, "200"): {
-        "GetOrder": ("get", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "ModifyOrder": ("put", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "CancelOrder": ("delete", ORDER, {"parameters": TOKEN_FROM_BODY}),
-    },
-    ("get", ORDER, "200"): {
-        "ModifyOrder": ("put", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "CancelOrder": ("delete", ORDER, {"parameters": TOKEN_FROM_BODY}),
-    },
+    ("post", "/orders", "201"): ORDER_LINKS,
+    ("put", ORDER, "200"): ORDER_LINKS,
+    ("get", ORDER, "200"): {k: v for k, v in ORDER_LINKS.items() if k != "GetOrder"},
     # A cancelled order stays readable (status `cancelled`); modifying or cancelling it again is a 409.
-    ("delete", ORDER, "200"): {
-        "GetOrder": ("get", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "ModifyOrder": ("put", ORDER, {"parameters": TOKEN_FROM_BODY}),
-        "CancelOrder": ("delete", ORDER, {"parameters": TOKEN_FROM_BODY}),
-    },
+    ("delete", ORDER, "200"): ORDER_LINKS,
 }
 
 

@@ -1,4 +1,4 @@
-"""uvicorn's WebSocket protocol with a zero-copy path for pre-built frames (see ``gateway.wsframe``).
+"""uvicorn's WebSocket protocol with a zero-copy path for pre-built frames (see ``gateway.realtime.frames``).
 
 Going through ASGI, every ``send_text`` costs a message dict, an awaited send, UTF-8 encoding, frame
 building by the protocol and one ``transport.write`` (one syscall) per message. This subclass of

@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Path, Query
 
-from gateway import trading
-from gateway.deps import TraderDep
-from gateway.errors import error_responses
-from gateway.schemas import JsonOut, api_router
-from gateway.trading_models import ModifyOrderIn, OrderListOut, OrderOut, PlaceOrderIn
+from gateway.rest.body import api_router
+from gateway.rest.deps import TraderDep
+from gateway.rest.errors import error_responses
+from gateway.rest.models import ExactJSON, OrderListOut, OrderOut, order_json, orders_json
+from gateway.services.requests import ModifyOrderIn, PlaceOrderIn
 from shared.ledger import Status
 
 router = api_router(tags=["orders"])
@@ -31,10 +31,9 @@ S422 = ("`unknown_symbol`, `invalid_side`, `invalid_type`, `invalid_price` (tick
     responses=error_responses(400, 401, 409, 413, 415, 422, 503, s400=S400, s422=S422,
                               s409="`duplicate_token_id`: the token_id was already used"),
 )
-async def place(body: PlaceOrderIn, t: TraderDep) -> JsonOut:
-    out = await trading.place_order(t.redis, t.settings, t.user_id, body, final=t.events,
-                                    wait_s=t.settings.gateway.order_final_wait_s)
-    return JsonOut(out, status_code=201)
+async def place(body: PlaceOrderIn, t: TraderDep) -> ExactJSON:
+    placed = await t.trading.place(t.user_id, body)
+    return order_json(placed.order, placed.fills, status_code=201)
 
 
 @router.get("/orders", response_model=OrderListOut, summary="Own orders, newest first",
@@ -42,23 +41,22 @@ async def place(body: PlaceOrderIn, t: TraderDep) -> JsonOut:
 async def list_orders(t: TraderDep,
                       status: Status | None = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> JsonOut:
-    return JsonOut(await trading.list_orders(t.redis, t.settings, t.user_id, status=status, limit=limit,
-                                             offset=offset))
+                      offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> ExactJSON:
+    return orders_json(await t.trading.orders(t.user_id, status=status, limit=limit, offset=offset))
 
 
 @router.get("/orders/{token_id}", response_model=OrderOut, summary="One of your orders",
             responses=error_responses(401, 404, 422, 503, s404="`order_not_found` (or another user's order)"))
-async def get_order(token_id: TokenPath, t: TraderDep) -> JsonOut:
-    return JsonOut(await trading.get_order(t.redis, t.settings, t.user_id, token_id))
+async def get_order(token_id: TokenPath, t: TraderDep) -> ExactJSON:
+    return order_json(await t.trading.order(t.user_id, token_id))
 
 
 @router.delete("/orders/{token_id}", response_model=OrderOut,
                summary="Cancel an open order; releases its reservation",
                responses=error_responses(401, 404, 409, 422, 503, s404="`order_not_found`",
                                          s409="`order_not_open`: already filled, cancelled, expired or rejected"))
-async def cancel(token_id: TokenPath, t: TraderDep) -> JsonOut:
-    return JsonOut(await trading.cancel_order(t.redis, t.settings, t.user_id, token_id))
+async def cancel(token_id: TokenPath, t: TraderDep) -> ExactJSON:
+    return order_json(await t.trading.cancel(t.user_id, token_id))
 
 
 @router.put("/orders/{token_id}", response_model=OrderOut,
@@ -67,5 +65,5 @@ async def cancel(token_id: TokenPath, t: TraderDep) -> JsonOut:
             responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503, s400=S400,
                                       s404="`order_not_found`", s422=S422,
                                       s409="`order_not_open` or `not_modifiable` (market/ioc)"))
-async def modify(token_id: TokenPath, body: ModifyOrderIn, t: TraderDep) -> JsonOut:
-    return JsonOut(await trading.modify_order(t.redis, t.settings, t.user_id, token_id, body))
+async def modify(token_id: TokenPath, body: ModifyOrderIn, t: TraderDep) -> ExactJSON:
+    return order_json(await t.trading.modify(t.user_id, token_id, body))

@@ -20,8 +20,8 @@ import anyio.to_thread
 import bcrypt
 import redis.asyncio as aioredis
 
-from gateway.errors import ApiError
 from shared import names
+from shared.errors import DomainError
 
 T = TypeVar("T")
 DUMMY_PASSWORD = b"not-a-password: only keeps unknown users as slow as known ones"
@@ -49,7 +49,7 @@ class PasswordHasher:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         assert self._limiter is not None, "PasswordHasher.start() not awaited"
         if self._inflight >= self.max_concurrent + self.max_waiting:
-            raise ApiError(503, "busy", "too many logins in progress; retry shortly", {"Retry-After": "1"})
+            raise DomainError("busy", "too many logins in progress; retry shortly", retry_after_s=1)
         self._inflight += 1
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -149,8 +149,7 @@ class LoginLimiter:
             waits.append(int(ttl_ip))
         if waits:
             wait = max(1, max(waits))
-            raise ApiError(429, "rate_limited", f"too many failed logins; retry in {wait} s",
-                           {"Retry-After": str(wait)})
+            raise DomainError("rate_limited", f"too many failed logins; retry in {wait} s", retry_after_s=wait)
 
     async def succeeded(self, username: str, ip: str) -> None:
         await self.redis.delete(names.login_fail_user_key(username))

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from gateway.deps import CurrentUser, HasherDep, LoginLimiterDep, SettingsDep, UsersDep
-from gateway.errors import ApiError, error_responses
-from gateway.schemas import OutModel, StrictModel, api_router, is_form_content_type, is_json_content_type
+from gateway.rest.body import api_router, is_form_content_type, is_json_content_type
+from gateway.rest.deps import CurrentUser, HasherDep, LoginLimiterDep, SettingsDep, UsersDep
+from gateway.rest.errors import error_responses
+from gateway.rest.models import OutModel
+from gateway.services.requests import StrictModel
 from shared import tokens
+from shared.errors import DomainError
+from shared.settings import Settings
 
 router = api_router(tags=["accounts"])
 
@@ -91,7 +95,7 @@ class RegisterOut(TokenOut):
     user: UserOut
 
 
-def _token(settings: Any, user_id: str, username: str) -> tuple[str, int]:
+def _token(settings: Settings, user_id: str, username: str) -> tuple[str, int]:
     ttl = settings.auth.token_ttl_s
     return tokens.issue(user_id, settings.auth.jwt_secret, ttl, username=username), ttl
 
@@ -104,10 +108,10 @@ def _token(settings: Any, user_id: str, username: str) -> tuple[str, int]:
 )
 async def register(body: RegisterIn, users: UsersDep, hasher: HasherDep, settings: SettingsDep) -> RegisterOut:
     if await users.name_taken(body.username):  # cheap early answer; the atomic claim below decides
-        raise ApiError(409, "username_taken", f"username {body.username!r} is already taken")
+        raise DomainError("username_taken", f"username {body.username!r} is already taken")
     user = await users.create(body.username, await hasher.hash(body.password))
     if user is None:
-        raise ApiError(409, "username_taken", f"username {body.username!r} is already taken")
+        raise DomainError("username_taken", f"username {body.username!r} is already taken")
     token, ttl = _token(settings, user.id, user.username)
     return RegisterOut(access_token=token, expires_in=ttl,
                        user=UserOut(id=user.id, username=user.username, created_us=user.created_us))
@@ -125,16 +129,16 @@ async def _login_body(request: Request) -> LoginIn | LoginForm:
             fields: dict[str, str] = {}
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile) or key in fields:
-                    raise ApiError(422, "validation_error", f"{key[:40]}: must be given once, as text")
+                    raise DomainError("validation_error", f"{key[:40]}: must be given once, as text")
                 fields[key] = value
             return LoginForm.model_validate(fields)
         if is_json_content_type(ctype):
             if not await request.body():
-                raise ApiError(422, "validation_error", "body: field required")
+                raise DomainError("validation_error", "body: field required")
             return LoginIn.model_validate(await request.json())
     except ValidationError as e:
         raise _invalid(e) from None
-    raise ApiError(415, "unsupported_media_type",
+    raise DomainError("unsupported_media_type",
                    "send application/json or application/x-www-form-urlencoded (OAuth2 password form)")
 
 
@@ -164,7 +168,7 @@ async def login(request: Request, users: UsersDep, hasher: HasherDep, limiter: L
     user = await users.by_name(body.username) if _USERNAME.fullmatch(body.username) else None
     ok = await hasher.verify(body.password, user.pw_hash if user else None)
     if user is None or not ok:
-        raise ApiError(401, "invalid_credentials", "invalid username or password", {"WWW-Authenticate": "Bearer"})
+        raise DomainError("invalid_credentials", "invalid username or password")
     await limiter.succeeded(body.username, ip)
     token, ttl = _token(settings, user.id, user.username)
     return TokenOut(access_token=token, expires_in=ttl)
@@ -175,5 +179,5 @@ async def login(request: Request, users: UsersDep, hasher: HasherDep, limiter: L
 async def me(user_id: CurrentUser, users: UsersDep) -> UserOut:
     user = await users.get(user_id)
     if user is None:
-        raise ApiError(401, "invalid_token", "the token's user no longer exists", {"WWW-Authenticate": "Bearer"})
+        raise DomainError("invalid_token", "the token's user no longer exists")
     return UserOut(id=user.id, username=user.username, created_us=user.created_us)

@@ -1,4 +1,8 @@
-"""Strict JSON for request bodies and WebSocket messages: exact numbers, no surprises.
+"""JSON in and out of the gateway, exact both ways: what REST and the WebSocket read and write.
+
+``dumps(obj)`` writes every ``Decimal`` as a JSON number carrying its exact digits (``21990.5595``, never
+through a float; trailing zeros dropped, never an exponent): ``json.loads(text, parse_float=Decimal)`` reads
+back the same value.
 
 ``loads(data)`` differs from ``json.loads`` in what it refuses and in how it reads numbers:
 
@@ -20,11 +24,50 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
+from shared.money import fmt
+
 MAX_DEPTH = 32
 
 
 class BadJson(ValueError):
     pass
+
+
+def number(d: Decimal) -> orjson.Fragment:
+    """``d`` as a JSON number with its exact digits, as written (``64000.10`` stays ``64000.10``)."""
+    if not d.is_finite():
+        raise ValueError(f"not a finite number: {d}")
+    s = str(d)
+    if "E" in s:  # str() switches to exponent form for tiny and huge values: spell them out
+        s = format(d, "f")
+    return orjson.Fragment(s.encode())
+
+
+def amount(d: Decimal) -> orjson.Fragment:
+    """``d`` as a JSON number without trailing zeros (``500.000`` -> ``500``): how balances and orders read."""
+    if not d.is_finite():
+        raise ValueError(f"not a finite number: {d}")
+    return orjson.Fragment(fmt(d).encode())
+
+
+def _amount(o: Any) -> Any:
+    if isinstance(o, Decimal):
+        return amount(o)
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def _number(o: Any) -> Any:
+    if isinstance(o, Decimal):
+        return number(o)
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def dumps(obj: Any, *, as_written: bool = False) -> bytes:
+    """orjson, with every ``Decimal`` an exact JSON number: ``amount`` (``500.000`` -> ``500``), or with
+    ``as_written`` the digits as they are (``number``: a configured ``0.0010`` stays ``0.0010``)."""
+    return orjson.dumps(obj, default=_number if as_written else _amount)
 
 
 def _constant(name: str) -> Any:

@@ -1,12 +1,19 @@
-"""The client WebSocket protocol, without I/O: errors and the parsing of subscription requests."""
+"""The client WebSocket protocol, without I/O: the parsing of subscription requests.
+
+A subscription is named by its topic (``best_touch:BTCUSDT:all``, ``ewma:SOLUSDT:all:30``): pushed data carries
+it as ``topic``; replies (the subscribe ack, unsubscribe) name it ``subscription``, so that a client routing
+messages by ``topic`` never mistakes a reply for data. Every refusal is a ``DomainError``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gateway.schemas import to_decimal
+from gateway.jsonio import number
+from gateway.services.decimals import to_decimal
+from shared.errors import DomainError
 from shared.klines import INTERVALS_US
 from shared.money import fmt
 from shared.settings import EXCHANGES, Settings
@@ -18,13 +25,18 @@ HALF_LIFE_MIN = Decimal("0.001")
 HALF_LIFE_MAX = Decimal(30 * 86400)
 
 
-class WsError(Exception):
-    """Answered to the client as ``{"type": "error", "code": code, "message": message}``."""
+class Subscription:
+    """A subscription as its connection holds it: ``close`` detaches it from its source, once."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    __slots__ = ("_detach",)
+
+    def __init__(self, detach: Callable[[], Awaitable[None]]) -> None:
+        self._detach: Callable[[], Awaitable[None]] | None = detach
+
+    async def close(self) -> None:
+        detach, self._detach = self._detach, None
+        if detach is not None:
+            await detach()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,41 +59,41 @@ class Spec:
         return ":".join(parts)
 
     def describe(self) -> dict[str, Any]:
+        """The subscription as replies name it."""
         if self.stream in USER_STREAMS:
-            return {"topic": self.topic, "stream": self.stream}
-        out: dict[str, Any] = {"topic": self.topic, "stream": self.stream, "symbol": self.symbol,
+            return {"subscription": self.topic, "stream": self.stream}
+        out: dict[str, Any] = {"subscription": self.topic, "stream": self.stream, "symbol": self.symbol,
                                "exchange": self.exchange}
         if self.interval is not None:
             out["interval"] = self.interval
         if self.half_life is not None:
-            from gateway.wire import num
-            out["half_life"] = num(self.half_life)
+            out["half_life"] = number(self.half_life)
         return out
 
 
 def _choice(msg: dict[str, Any], field: str, allowed: tuple[str, ...] | list[str], code: str) -> str:
     v = msg.get(field)
     if v is None:
-        raise WsError(code, f"missing {field!r}; one of {', '.join(allowed)}")
+        raise DomainError(code, f"missing {field!r}; one of {', '.join(allowed)}")
     if not isinstance(v, str) or v not in allowed:
         shown = repr(v)[:40]
-        raise WsError(code, f"unknown {field} {shown}; one of {', '.join(allowed)}")
+        raise DomainError(code, f"unknown {field} {shown}; one of {', '.join(allowed)}")
     return v
 
 
 def parse_half_life(v: Any) -> Decimal:
     if v is None:
-        raise WsError("bad_half_life", "missing 'half_life' (seconds, a positive number)")
+        raise DomainError("bad_half_life", "missing 'half_life' (seconds, a positive number)")
     if isinstance(v, str) or isinstance(v, bool):
-        raise WsError("bad_half_life", "half_life must be a JSON number of seconds")
+        raise DomainError("bad_half_life", "half_life must be a JSON number of seconds")
     try:
         d = to_decimal(v)
     except ValueError as e:
-        raise WsError("bad_half_life", f"half_life {e}") from None
+        raise DomainError("bad_half_life", f"half_life {e}") from None
     if d <= 0:
-        raise WsError("bad_half_life", "half_life must be positive")
+        raise DomainError("bad_half_life", "half_life must be positive")
     if d < HALF_LIFE_MIN or d > HALF_LIFE_MAX:
-        raise WsError("bad_half_life", f"half_life must be between {HALF_LIFE_MIN} and {HALF_LIFE_MAX} seconds")
+        raise DomainError("bad_half_life", f"half_life must be between {HALF_LIFE_MIN} and {HALF_LIFE_MAX} seconds")
     return d
 
 
@@ -100,9 +112,9 @@ def parse_spec(msg: dict[str, Any], settings: Settings, streams: tuple[str, ...]
 
 
 def parse_topic(topic: Any, settings: Settings) -> Spec:
-    """A topic string as returned by the subscribe ack, back into its ``Spec``."""
+    """A subscription's name (the subscribe ack's ``subscription``, the data's ``topic``) back into its ``Spec``."""
     if not isinstance(topic, str) or len(topic) > 200:
-        raise WsError("unknown_topic", "topic must be a string returned by subscribe")
+        raise DomainError("unknown_topic", "subscription must be a string returned by subscribe")
     if topic in USER_STREAMS:
         return Spec(topic, "", "")
     parts = topic.split(":")
@@ -113,13 +125,13 @@ def parse_topic(topic: Any, settings: Settings) -> Spec:
         try:
             msg["half_life"] = to_decimal(parts[3])
         except ValueError:
-            raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
+            raise DomainError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
     elif len(parts) != 3:
-        raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}")
+        raise DomainError("unknown_topic", f"unknown topic {topic[:80]!r}")
     try:
         spec = parse_spec(msg, settings)
-    except WsError:
-        raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
+    except DomainError:
+        raise DomainError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
     if spec.topic != topic:
-        raise WsError("unknown_topic", f"unknown topic {topic[:80]!r}")
+        raise DomainError("unknown_topic", f"unknown topic {topic[:80]!r}")
     return spec

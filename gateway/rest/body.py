@@ -1,33 +1,54 @@
-"""Pure ASGI middleware guarding every HTTP route before FastAPI sees the request.
+"""Request bodies: read once, bounded, parsed strictly and exactly, before any route sees them.
 
-``BodyLimitMiddleware`` reads the whole body first (it is small by construction) and answers itself:
+``BodyLimitMiddleware`` (pure ASGI, outside FastAPI) reads the whole body first (it is small by construction) and answers itself:
 
 - 413 ``payload_too_large`` when ``Content-Length`` announces more than the limit, or when a body without
   it (chunked) grows past the limit. Up to ``DRAIN_BYTES`` of the excess is read and dropped first (for at
   most ``DRAIN_S``) so that an ordinary client still reads the 413 instead of a reset connection; beyond
   that the answer comes at once and the connection is closed;
 - 400 ``invalid_json`` when a JSON body (``application/json`` or ``+json``) is not strict JSON
-  (``gateway.strict_json``: malformed, NaN/Infinity, nested too deeply, not UTF-8).
+  (``gateway.jsonio.loads``: malformed, NaN/Infinity, nested too deeply, not UTF-8).
 
 A JSON body that passes is parsed once and left in the scope under ``SCOPE_JSON_KEY`` for ``JsonRoute``;
 the raw bytes are replayed to the application unchanged. WebSocket and lifespan scopes pass through.
+
+``JsonRoute`` (every router made by ``api_router``) hands that parse to FastAPI, so a JSON number keeps its
+exact digits (a route on a plain ``APIRouter`` still gets every refusal, but a number of more than 15
+significant digits may reach it rounded by a float), and refuses bodies that are not JSON (415).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
+from fastapi import APIRouter, params
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import strict_json
-from gateway.errors import error_body
-from gateway.schemas import SCOPE_JSON_KEY, is_json_content_type
+from gateway import jsonio
+from gateway.rest.errors import error_body
+from shared.errors import DomainError
 
 DEFAULT_MAX_BODY = 64 * 1024
 DRAIN_BYTES = 1024 * 1024
 DRAIN_S = 2.0
+SCOPE_JSON_KEY = "sr.json_body"
+
+
+def is_json_content_type(value: str) -> bool:
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def is_form_content_type(value: str) -> bool:
+    media = value.split(";", 1)[0].strip().lower()
+    return media in ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 async def _reply(send: Send, status: int, code: str, detail: str) -> None:
@@ -102,8 +123,8 @@ class BodyLimitMiddleware:
 
         if body and is_json_content_type(ctype):
             try:
-                scope[SCOPE_JSON_KEY] = strict_json.loads(body)
-            except strict_json.BadJson as e:
+                scope[SCOPE_JSON_KEY] = jsonio.loads(body)
+            except jsonio.BadJson as e:
                 await _reply(send, 400, "invalid_json", str(e))
                 return
 
@@ -117,3 +138,39 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class JsonRequest(Request):
+    """A request whose ``json()`` is the strict, Decimal-keeping parse (done once, by the middleware)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            if SCOPE_JSON_KEY in self.scope:
+                self._json = self.scope[SCOPE_JSON_KEY]
+            else:
+                self._json = jsonio.loads(await self.body())
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """An ``APIRoute`` reading JSON bodies with ``gateway.jsonio`` and refusing other body types (415)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        wants_json = self.body_field is not None and not isinstance(self.body_field.field_info, params.Form)
+
+        async def route_handler(request: Request) -> Response:
+            req = JsonRequest(request.scope, request.receive)
+            if wants_json:
+                ctype = req.headers.get("content-type", "")
+                if not is_json_content_type(ctype) and await req.body():
+                    raise DomainError("unsupported_media_type",
+                                      f"send the body as application/json (got {ctype[:60] or 'no content type'})")
+            return await handler(req)
+
+        return route_handler
+
+
+def api_router(**kw: Any) -> APIRouter:
+    """An ``APIRouter`` whose routes parse JSON strictly and exactly (see the module docstring)."""
+    return APIRouter(route_class=JsonRoute, **kw)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from fastapi import Request, Response
 from pydantic import ConfigDict, Field
 
-from gateway.schemas import Dec, OutModel, api_router
+from gateway.rest.body import api_router
+from gateway.rest.models import ExactJSON, OutModel
+from gateway.services.decimals import Dec
 from shared.settings import EXCHANGES, Settings
 
 router = api_router(tags=["market"])
@@ -31,8 +33,8 @@ class InfoOut(OutModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "assets": ["BTC", "USDT", "ETH"],
         "pairs": ["BTCUSDT", "ETHUSDT"],
-        "symbols": [{"symbol": "BTCUSDT", "base": "BTC", "quote": "USDT", "tick_size": "0.01",
-                     "lot_step": "0.00001", "min_notional": "5", "maker_fee": "0", "taker_fee": "0",
+        "symbols": [{"symbol": "BTCUSDT", "base": "BTC", "quote": "USDT", "tick_size": 0.01,
+                     "lot_step": 0.00001, "min_notional": 5, "maker_fee": 0, "taker_fee": 0,
                      "exchanges": {"binance": "BTCUSDT", "okx": "BTC-USDT"}}],
     }]})
 
@@ -49,9 +51,10 @@ def build_info(settings: Settings) -> InfoOut:
 
 
 @router.get("/info", response_model=InfoOut, summary="Assets, pairs and trading rules",
-            description="Decimals (tick size, lot step, minimum notional, fee rates) are exact decimal strings.")
-async def info(request: Request) -> InfoOut:
-    cached: InfoOut | None = getattr(request.app.state, "info", None)
-    if cached is None:
-        cached = request.app.state.info = build_info(request.app.state.settings)
-    return cached
+            description="Decimals (tick size, lot step, minimum notional, fee rates) are JSON numbers with exact "
+                        "digits.")
+async def info(request: Request) -> Response:
+    body: bytes | None = getattr(request.app.state, "info", None)
+    if body is None:  # the configuration does not change while the process runs
+        body = request.app.state.info = bytes(ExactJSON(build_info(request.app.state.settings), as_written=True).body)
+    return Response(body, media_type="application/json")

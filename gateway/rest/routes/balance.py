@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gateway import trading
-from gateway.deps import TraderDep
-from gateway.errors import error_responses
-from gateway.schemas import JsonOut, api_router
-from gateway.trading_models import BalanceOut, DepositIn
+from gateway.rest.body import api_router
+from gateway.rest.deps import TraderDep
+from gateway.rest.errors import error_responses
+from gateway.rest.models import BalanceOut, ExactJSON, balance_json
+from gateway.services.requests import DepositIn
 
 router = api_router(tags=["account"])
 
@@ -20,11 +20,11 @@ router = api_router(tags=["account"])
                               s422="`unknown_asset`, `invalid_number`, `too_precise`, `amount_too_large`, "
                                    "`unknown_field`, `missing_field`, `invalid_field`, `invalid_body`"),
 )
-async def deposit(body: DepositIn, t: TraderDep) -> JsonOut:
-    return JsonOut(await trading.deposit(t.redis, t.settings, t.user_id, body))
+async def deposit(body: DepositIn, t: TraderDep) -> ExactJSON:
+    return balance_json(await t.trading.deposit(t.user_id, body))
 
 
 @router.get("/balance", response_model=BalanceOut, summary="Total, available and reserved amount of every asset",
             responses=error_responses(401, 503))
-async def balance(t: TraderDep) -> JsonOut:
-    return JsonOut(await trading.get_balance(t.redis, t.settings, t.user_id))
+async def balance(t: TraderDep) -> ExactJSON:
+    return balance_json(await t.trading.balance(t.user_id))

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from gateway import wire
-from gateway.fanout import ClientQueue, RedisHub
-from gateway.wsproto import EXCHANGE_FILTERS, Spec
+from gateway.pubsub import RedisHub
+from gateway.realtime import messages
+from gateway.realtime.protocol import EXCHANGE_FILTERS, Spec, Subscription
+from gateway.realtime.queue import ClientQueue
 from shared import names
 from shared.best_touch import Touch, best_touch
 from shared.ewma import Ewma
@@ -53,22 +54,6 @@ class _EwmaSub:
     spec: Spec
     queue: ClientQueue
     ewma: Ewma
-
-
-class Subscription:
-    """Handle a connection keeps per subscription; ``close`` detaches it (idempotent)."""
-
-    def __init__(self, spec: Spec, md: MarketData, queue: ClientQueue, extra: _EwmaSub | None = None) -> None:
-        self.spec = spec
-        self._md = md
-        self._queue = queue
-        self._extra = extra
-        self._closed = False
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._md._unsubscribe(self.spec, self._queue, self._extra)
 
 
 class MarketData:
@@ -122,18 +107,18 @@ class MarketData:
             topic = self._touch.setdefault((sym, flt), _Topic(spec))
             queue.put_critical(ack)
             touch = self._compute(sym, flt)
-            queue.put_conflated(spec.topic, wire.push_frame("best_touch", spec.topic, wire.touch_data(touch, flt),
+            queue.put_conflated(spec.topic, messages.push_frame("best_touch", spec.topic, messages.touch_data(touch, flt),
                                                       snapshot=True))
             if not topic.subs:
                 topic.last = _touch_key(touch)
             topic.subs.add(queue)
-            return Subscription(spec, self, queue)
+            return Subscription(lambda: self._unsubscribe(spec, queue, None))
         for ex in exchanges:
             await self.hub.acquire(names.md_channel("trade", ex, sym))
         queue.put_critical(ack)
         if spec.stream == "trades":
             self._trades.setdefault((sym, flt), _Topic(spec)).subs.add(queue)
-            return Subscription(spec, self, queue)
+            return Subscription(lambda: self._unsubscribe(spec, queue, None))
         if spec.stream == "klines":
             assert spec.interval is not None
             key = (sym, flt, spec.interval)
@@ -146,11 +131,11 @@ class MarketData:
             if b.current is not None:
                 self._queue_candle(queue, spec, b.current)
             self._klines.setdefault(key, _Topic(spec)).subs.add(queue)
-            return Subscription(spec, self, queue)
+            return Subscription(lambda: self._unsubscribe(spec, queue, None))
         assert spec.stream == "ewma" and spec.half_life is not None
         sub = _EwmaSub(spec, queue, Ewma(spec.half_life))
         self._ewma.setdefault((sym, flt), []).append(sub)
-        return Subscription(spec, self, queue, sub)
+        return Subscription(lambda: self._unsubscribe(spec, queue, sub))
 
     async def _unsubscribe(self, spec: Spec, queue: ClientQueue, extra: _EwmaSub | None) -> None:
         sym, flt = spec.symbol, spec.exchange
@@ -239,7 +224,7 @@ class MarketData:
             return
         topic.last = key
         name = topic.spec.topic
-        frame = wire.push_frame("best_touch", name, wire.touch_data(touch, flt))
+        frame = messages.push_frame("best_touch", name, messages.touch_data(touch, flt))
         for qu in topic.subs:
             qu.put_conflated(name, frame)
 
@@ -260,8 +245,8 @@ class MarketData:
         for flt in (t.exchange, "all"):
             topic = self._trades.get((t.symbol, flt))
             if topic is not None and topic.subs:
-                data = data or wire.trade_data(t)
-                frame = wire.push_frame("trades", topic.spec.topic, data)
+                data = data or messages.trade_data(t)
+                frame = messages.push_frame("trades", topic.spec.topic, data)
                 for qu in topic.subs:
                     qu.put_strict(frame)
             for iv in INTERVALS_US:
@@ -272,15 +257,15 @@ class MarketData:
                 value = sub.ewma.update(t.price, t.ts_event_us)
                 name = sub.spec.topic
                 assert sub.spec.half_life is not None
-                sub.queue.put_conflated(name, wire.push_frame("ewma", name, wire.ewma_data(
+                sub.queue.put_conflated(name, messages.push_frame("ewma", name, messages.ewma_data(
                     t.symbol, flt, sub.spec.half_life, value, t)))
 
     # -- klines ------------------------------------------------------------------------------------
 
     def _candle_frame(self, spec: Spec, c: Candle, history: bool = False) -> bytes:
         assert spec.interval is not None
-        data = wire.candle_data(c, spec.symbol, spec.exchange, spec.interval, history)
-        return wire.push_frame("klines", spec.topic, data)
+        data = messages.candle_data(c, spec.symbol, spec.exchange, spec.interval, history)
+        return messages.push_frame("klines", spec.topic, data)
 
     def _queue_candle(self, queue: ClientQueue, spec: Spec, c: Candle, frame: bytes | None = None) -> None:
         # one slot per candle: a slow client gets the latest state of each candle, closed ones included

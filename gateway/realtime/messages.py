@@ -1,31 +1,28 @@
-"""Client-facing JSON: pure builders for every pushed message.
+"""What the WebSocket sends: pure builders for every pushed message and for the domain objects in replies.
 
-Prices and sizes become JSON numbers carrying the exact digits of the ``Decimal`` (``64000.10`` stays
-``64000.10``; never through a float), via ``orjson.Fragment``.
+Prices and sizes become JSON numbers carrying the exact digits of the ``Decimal`` (market data as the
+exchange wrote it, ``64000.10``; balances and orders without trailing zeros), never through a float
+(``gateway.jsonio``). Only pushed data carries ``topic``; replies name a subscription ``subscription``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
-from gateway.wsframe import text_frame
+from gateway.jsonio import amount, number
+from gateway.realtime.frames import text_frame
 from shared.best_touch import Touch
 from shared.klines import Candle
+from shared.ledger import Balance, Fill, Order, OrderEvent
 from shared.schema import Trade
 
 
 def num(d: Decimal | None) -> orjson.Fragment | None:
-    if d is None:
-        return None
-    if not d.is_finite():
-        raise ValueError(f"not a finite number: {d}")
-    s = str(d)
-    if "E" in s:  # str() switches to exponent form for tiny values: spell them out
-        s = format(d, "f")
-    return orjson.Fragment(s.encode())
+    return None if d is None else number(d)
 
 
 def dumps(o: Any) -> str:
@@ -111,36 +108,42 @@ def ewma_data(symbol: str, exchange: str, half_life: Decimal, value: Decimal, t:
     }
 
 
-ORDER_DECIMALS = ("price", "quantity", "filled_quantity", "filled_notional", "average_price", "fee", "reserved")
-FILL_DECIMALS = ("price", "quantity", "fee")
+ORDER_FIELDS = ("token_id", "symbol", "side", "type", "price", "quantity", "status", "filled_quantity",
+                "filled_notional", "average_price", "fee", "fee_asset", "reserve_asset", "reserved", "exchanges",
+                "created_us", "updated_us", "version", "reason")
+FILL_FIELDS = ("fill_id", "token_id", "symbol", "side", "price", "quantity", "fee", "fee_asset", "exchange",
+               "liquidity", "ts_us")
 
 
-def _nums(d: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    out = dict(d)
-    for k in keys:
-        v = out.get(k)
-        if isinstance(v, str):
-            out[k] = num(Decimal(v))
+def _value(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return amount(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def order_data(order: Order, fills: tuple[Fill, ...] | None = None) -> dict[str, Any]:
+    out = {f: _value(getattr(order, f)) for f in ORDER_FIELDS}
+    if fills is not None:
+        out["fills"] = [fill_data(f) for f in fills]
     return out
 
 
-def order_data(order: dict[str, Any]) -> dict[str, Any]:
-    """A public order (decimal strings, as REST gives it) with its amounts as exact JSON numbers."""
-    out = _nums(order, ORDER_DECIMALS)
-    out.pop("user_id", None)
-    if isinstance(out.get("fills"), list):
-        out["fills"] = [_nums(f, FILL_DECIMALS) for f in out["fills"]]
-    return out
+def fill_data(fill: Fill) -> dict[str, Any]:
+    return {f: _value(getattr(fill, f)) for f in FILL_FIELDS}
 
 
-def order_event(ev: dict[str, Any]) -> str:
-    """An order event from Redis as the ``orders`` stream pushes it."""
-    data: dict[str, Any] = {"event": ev.get("event"), "order": order_data(ev.get("order", {}))}
-    if ev.get("fills"):
-        data["fills"] = [_nums(f, FILL_DECIMALS) for f in ev["fills"]]
-    return push("order", "orders", data)
+def order_event(ev: OrderEvent) -> bytes:
+    """An order event as the ``orders`` stream pushes it, as a frame."""
+    data: dict[str, Any] = {"event": ev.kind, "order": order_data(ev.order)}
+    if ev.fills:
+        data["fills"] = [fill_data(f) for f in ev.fills]
+    return push_frame("order", "orders", data)
 
 
-def balance_data(balance: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """``{"total": {asset: "1.5"}, ...}`` (REST's balance view) with exact JSON numbers."""
-    return {kind: {a: num(Decimal(v)) for a, v in amounts.items()} for kind, amounts in balance.items()}
+def balance_data(balances: Mapping[str, Balance]) -> dict[str, Any]:
+    """``{"total": {asset: 1.5}, "available": {...}, "reserved": {...}}``."""
+    return {"total": {a: amount(b.total) for a, b in balances.items()},
+            "available": {a: amount(b.available) for a, b in balances.items()},
+            "reserved": {a: amount(b.reserved) for a, b in balances.items()}}
