@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,7 +27,7 @@ from shared import ledger_store, names
 from shared.best_touch import Touch, best_touch
 from shared.feed_health import FeedHealth
 from shared.ledger import LedgerError, Order, PairRules
-from shared.matching import REST, Decision, decide_arrival, decide_resting, views_for
+from shared.matching import REST, Decide, Decision, decide_arrival, decide_resting, views_for
 from shared.redis_conn import connect
 from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
 from shared.settings import EXCHANGES, Settings
@@ -58,6 +58,7 @@ class Matcher:
         self.started = time.monotonic()
         self.resync = False
         self.fills = 0
+        self.recovered: asyncio.Event | None = None  # set after every recovery (run_matcher's ``ready``)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -94,10 +95,12 @@ class Matcher:
         log.info("recovered %d open orders (%d market/ioc pending)", len(orders), len(self.pending))
         metrics.OPEN_ORDERS.set(len(self.index))
         metrics.PENDING.set(len(self.pending))
+        if self.recovered is not None:
+            self.recovered.set()
 
     # --- settlement ----------------------------------------------------------------------------
 
-    async def settle(self, order: Order, decide: Any) -> None:
+    async def settle(self, order: Order, decide: Decide) -> None:
         rules = self.rules.get(order.symbol)
         if rules is None:
             log.error("order %s/%s has unknown symbol %s", order.user_id, order.token_id, order.symbol)
@@ -138,13 +141,13 @@ class Matcher:
                                       "symbol": o.symbol, "type": o.type, "status": o.status, "reason": o.reason,
                                       "filled_quantity": str(o.filled_quantity)}})
 
-    def _arrival(self, symbol: str) -> Any:
+    def _arrival(self, symbol: str) -> Decide:
         def decide(o: Order) -> Decision:
             touch = self.touch(symbol)
             return decide_arrival(o, touch, views_for(symbol, touch.live, self.bbos, self.books), self.lots[symbol])
         return decide
 
-    def _resting(self, symbol: str) -> Any:
+    def _resting(self, symbol: str) -> Decide:
         def decide(o: Order) -> Decision:
             return decide_resting(o, self.touch(symbol)) if o.type == "limit" else REST
         return decide
@@ -190,7 +193,7 @@ class Matcher:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def _on_md(self, raw: bytes, *, check: bool = True) -> str | None:
+    def _on_md(self, raw: bytes | str, *, check: bool = True) -> str | None:
         """Apply a market data message; returns the symbol to re-check, if any."""
         try:
             msg = decode(raw)
@@ -210,7 +213,7 @@ class Matcher:
                 return "*"
         return None
 
-    async def handle(self, channel: str, data: bytes) -> None:
+    async def handle(self, channel: str, data: bytes | str) -> None:
         if channel == names.ORDERS_CHANNEL:
             try:
                 o = Order.from_dict(orjson.loads(data))
@@ -227,7 +230,7 @@ class Matcher:
         elif sym is not None:
             await self.match_symbol(sym)
 
-    def _on_reconnect(self, _conn: Any) -> None:
+    def _on_reconnect(self, _conn: AbstractConnection) -> None:
         self.resync = True
 
     async def run(self, stop: asyncio.Event, reconcile_s: float) -> None:
@@ -287,8 +290,7 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
         r = connect(redis_url or settings.redis.url)
         m = Matcher(settings, r)
         try:
-            if ready is not None:
-                _signal_ready(m, ready)
+            m.recovered = ready
             await m.run(stop, reconcile_s)
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             metrics.REDIS_RECONNECTS.inc()
@@ -300,13 +302,3 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
             with contextlib.suppress(Exception):
                 await r.aclose()
 
-
-def _signal_ready(m: Matcher, ready: asyncio.Event) -> None:
-    # The index is rebuilt inside run(); tests wait on ready after recovery via a wrapped recover().
-    orig = m.recover
-
-    async def recover_then_signal() -> None:
-        await orig()
-        ready.set()
-
-    m.recover = recover_then_signal  # type: ignore[method-assign]
