@@ -50,7 +50,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        d = min(self.max_s, self.initial_s * (2 ** min(self.attempt, 30)))
+        d = min(self.max_s, self.initial_s * (1 << min(self.attempt, 30)))
         self.attempt += 1
         return d / 2 + self._rng.uniform(0, d / 2)
 
