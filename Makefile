@@ -61,4 +61,4 @@ soak-ws: $(STAMP)
 		tests/test_ws_abuse.py -k stopped -s --timeout $$(( $(WS_SOAK_S) + 300 ))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
