@@ -28,6 +28,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy  # the packages checked are [tool.mypy] files in pyproject.toml
 	$(BIN)/python -m pytest
 
 # Fault injection in a loop (docs/operations.md): SOAK_ROUNDS (8), SOAK_SEED (1), SOAK_MAX_S (900) bound it.
@@ -40,6 +41,7 @@ fuzz-long: $(STAMP)  # every fuzz property with 2000 examples and no fixed seed 
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 demo: $(STAMP)  # against a running `make run FEED=sim` (same PORT)
 	$(BIN)/python -m client.demo --url http://127.0.0.1:$(PORT)
@@ -59,4 +61,4 @@ soak-ws: $(STAMP)
 		tests/test_ws_abuse.py -k stopped -s --timeout $$(( $(WS_SOAK_S) + 300 ))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

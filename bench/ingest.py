@@ -174,10 +174,10 @@ async def run_one(exchange: str, frames: list[bytes], redis_url: str, port: int)
 
 def stage_rates(exchange: str, frames: list[bytes]) -> str:
     """Where the time goes: parse alone, then parse + encode (no Redis)."""
-    from ingestor.service import make_supervisor_args
+    from ingestor.service import exchange_parts
     from shared.schema import encode
 
-    parse = make_supervisor_args(exchange, load_settings(env={}))[0].parse
+    parse = exchange_parts(exchange, load_settings(env={}))[0].parse
     t0 = time.perf_counter()
     for f in frames:
         parse(f, 1)

@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 
 from client.demo import default_url
-from client.models import Balance, BestTouch, Ewma, Kline, Order, Trade
-from client.sdk import ApiError, SimpleRouterClient, StreamClosed
+from client.models import Balance, BestTouch, Ewma, Kline, Order, StreamMessage, Trade
+from client.sdk import ApiError, SimpleRouterClient, StreamClosed, Subscription
 
 CLEAR = "\033[H\033[2J"
 
@@ -149,11 +149,11 @@ async def watch(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     try:
         async with c.stream() as ws:
-            queue: asyncio.Queue[Any] = asyncio.Queue()
+            queue: asyncio.Queue[StreamMessage] = asyncio.Queue()
             subs = [await ws.subscribe(args.stream, s, exchange=args.exchange, interval=args.interval,
                                        half_life=args.half_life) for s in args.symbols]
 
-            async def pump(sub: Any) -> None:
+            async def pump(sub: Subscription[StreamMessage]) -> None:
                 async for m in sub:
                     await queue.put(m)
 

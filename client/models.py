@@ -8,6 +8,7 @@ so a field added by a newer server is still reachable.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -331,7 +332,7 @@ class Message:
 
 StreamMessage = BestTouch | Trade | Kline | Ewma | OrderEvent | Resync | Message
 
-_PARSERS: dict[str, Any] = {"best_touch": BestTouch.from_push, "trades": Trade.from_push, "klines": Kline.from_push,
+_PARSERS: dict[str, Callable[[Json], StreamMessage]] = {"best_touch": BestTouch.from_push, "trades": Trade.from_push, "klines": Kline.from_push,
                             "ewma": Ewma.from_push, "order": OrderEvent.from_push, "orders": OrderEvent.from_push,
                             "resync": Resync.from_push}
 
@@ -340,4 +341,4 @@ def parse_push(msg: Json) -> StreamMessage:
     parse = _PARSERS.get(msg.get("type", ""))
     if parse is None:
         return Message(str(msg.get("type")), str(msg.get("topic", "")), msg.get("data"), msg)
-    return parse(msg)  # type: ignore[no-any-return]
+    return parse(msg)

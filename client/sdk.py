@@ -154,7 +154,8 @@ class SimpleRouterClient:
         return Info.from_json(await self.request("GET", "/info"))
 
     async def health(self) -> Json:
-        return await self.request("GET", "/health")  # type: ignore[no-any-return]
+        out: Json = await self.request("GET", "/health")
+        return out
 
     # -- trading -----------------------------------------------------------------------------------
 
@@ -217,7 +218,11 @@ class SimpleRouterClient:
                 await stream.close()
 
 
-_END = object()
+class _End:
+    """The end of a subscription's pushes (unsubscribed, or the stream closed)."""
+
+
+_END = _End()
 
 
 class Subscription(Generic[T]):
@@ -230,7 +235,7 @@ class Subscription(Generic[T]):
         self.topic: str | None = None
         self.ack: Json | None = None
         self.dropped = 0  # oldest pushes dropped because more than max_pending were waiting
-        self._items: deque[Any] = deque()
+        self._items: deque[T | BaseException | _End] = deque()
         self._max = max_pending
         self._wake = asyncio.Event()
         self._started: asyncio.Task[Json] | None = None
@@ -245,7 +250,7 @@ class Subscription(Generic[T]):
         await self._started
         return self
 
-    def _push(self, item: Any) -> None:
+    def _push(self, item: T | BaseException | _End) -> None:
         if item is not _END and not isinstance(item, BaseException) and len(self._items) >= self._max:
             self._items.popleft()
             self.dropped += 1
@@ -263,13 +268,13 @@ class Subscription(Generic[T]):
             self._wake.clear()
             await self._wake.wait()
         item = self._items.popleft()
-        if item is _END:
+        if isinstance(item, _End):
             self._ended = True
             raise StopAsyncIteration
         if isinstance(item, BaseException):
             self._ended = True
             raise item
-        return item  # type: ignore[no-any-return]
+        return item
 
     async def next(self, timeout: float | None = None) -> T:  # noqa: ASYNC109 - convenience for scripts
         """The next push; ``TimeoutError`` after ``timeout`` seconds."""

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
-from client.models import Balance, BestTouch, Ewma, Info, Kline, Order, OrderEvent, Page, Trade, User
+from client.models import Balance, BestTouch, Ewma, Info, Kline, Order, OrderEvent, Page, Resync, Trade, User
 from client.sdk import Number, SimpleRouterClient, Stream, Subscription
 
 T = TypeVar("T")
@@ -173,7 +173,7 @@ class SyncStream:
              count: int | None = None) -> SyncSubscription[Ewma]:
         return SyncSubscription(self._loop, self.aio.ewma(symbol, half_life, exchange), count)
 
-    def orders(self, *, count: int | None = None) -> SyncSubscription[OrderEvent]:
+    def orders(self, *, count: int | None = None) -> SyncSubscription[OrderEvent | Resync]:
         return SyncSubscription(self._loop, self.aio.orders(), count)
 
     def place_order(self, token_id: str, symbol: str, side: str, quantity: Number, price: Number | None = None,

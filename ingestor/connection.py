@@ -20,7 +20,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -40,6 +41,18 @@ StateHandler = Callable[[ConnState, str], None]
 MAX_IMMEDIATE_REDIALS = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What differs between exchanges: where to dial, what to send once connected, how to keep the link alive."""
+
+    url: str
+    subscribe: tuple[str, ...] = ()  # text frames sent after every connect, ``subscribe_pace_s`` apart
+    subscribe_pace_s: float = 0.0
+    ping_after_s: float | None = None  # send ``ping_payload`` after this long without a frame
+    ping_payload: str = "ping"
+    max_lifetime_s: float | None = None  # redial before the server's own connection lifetime runs out
+
+
 class Backoff:
     """Exponential backoff with "equal jitter": a delay in [d/2, d], d doubling up to ``max_s``."""
 
@@ -50,7 +63,7 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        d = min(self.max_s, self.initial_s * (2 ** min(self.attempt, 30)))
+        d = min(self.max_s, self.initial_s * (1 << min(self.attempt, 30)))
         self.attempt += 1
         return d / 2 + self._rng.uniform(0, d / 2)
 
@@ -62,28 +75,24 @@ class ConnectionSupervisor:
     def __init__(
         self,
         name: str,
-        url: str,
+        endpoint: Endpoint,
         on_frame: FrameHandler,
         feeds: FeedSettings,
         *,
-        subscribe: Sequence[str] = (),
-        subscribe_pace_s: float = 0.0,
-        ping_after_s: float | None = None,
-        ping_payload: str = "ping",
-        max_lifetime_s: float | None = None,
         on_state: StateHandler | None = None,
         rng: random.Random | None = None,
         open_timeout_s: float = 10.0,
     ) -> None:
         self.name = name
-        self.url = url
+        self.endpoint = endpoint
+        self.url = endpoint.url
         self.on_frame = on_frame
         self.feeds = feeds
-        self.subscribe = list(subscribe)
-        self.subscribe_pace_s = subscribe_pace_s
-        self.ping_after_s = ping_after_s
-        self.ping_payload = ping_payload
-        self.max_lifetime_s = max_lifetime_s
+        self.subscribe = endpoint.subscribe
+        self.subscribe_pace_s = endpoint.subscribe_pace_s
+        self.ping_after_s = ping_after_s = endpoint.ping_after_s
+        self.ping_payload = endpoint.ping_payload
+        self.max_lifetime_s = endpoint.max_lifetime_s
         self.on_state = on_state
         self.open_timeout_s = open_timeout_s
         self.backoff = Backoff(feeds.backoff_initial_s, feeds.backoff_max_s, rng)

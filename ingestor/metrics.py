@@ -71,7 +71,7 @@ class IngestorCollector:
 def ingestor_registry(ingestor: Ingestor) -> CollectorRegistry:
     """A registry with this ingestor's metrics; also hooks the batch-size histogram into its publisher."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(IngestorCollector(ingestor))  # type: ignore[arg-type]
+    reg.register(IngestorCollector(ingestor))
     batches = Histogram("sr_ingestor_publish_batch_size", "Messages per Redis publish call", ["exchange"],
                         buckets=BATCH_BUCKETS, registry=reg)
     ingestor.publisher.on_batch = batches.labels(ingestor.exchange).observe

@@ -105,12 +105,14 @@ def ms_to_us(v: Any) -> int:
     if type(v) is str:
         if not (v.isascii() and v.isdigit()) or len(v) > 20:
             raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
-        v = int(v)
-    elif type(v) is not int:
+        ms = int(v)
+    elif type(v) is int:
+        ms = v
+    else:
         raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
-    if v <= 0 or v > MAX_TS_MS:
-        raise FrameError("bad_field", f"bad timestamp {v!r:.40}")
-    return v * 1000
+    if ms <= 0 or ms > MAX_TS_MS:
+        raise FrameError("bad_field", f"bad timestamp {ms!r:.40}")
+    return ms * 1000
 
 
 def trade_id(v: Any) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from ingestor.parsing import MdMessage
 from ingestor.stats import RateLimitedLog
@@ -49,7 +50,7 @@ class Publisher:
         self.max_pending = max_pending
         self._script = redis.register_script(_SCRIPT)
         self._pending: list[tuple[bytes, bytes, bytes | None]] = []  # (channel, payload, last key or None)
-        self._status_fields: dict[str, str | int] = {}
+        self._status_fields: dict[FieldT, EncodableT] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one batch in flight at a time keeps messages in order
         self._routes: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
@@ -110,7 +111,7 @@ class Publisher:
                 if batch:
                     await self._send(batch)
                 if fields:
-                    await self.redis.hset(self._status_key, mapping=fields)  # type: ignore[misc]
+                    await self.redis.hset(self._status_key, mapping=fields)
             except (RedisError, OSError) as e:
                 self.errors += 1
                 self.dropped += len(batch)

@@ -14,7 +14,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from ingestor import binance, okx
-from ingestor.connection import ConnectionSupervisor, ConnState
+from ingestor.connection import ConnectionSupervisor, ConnState, Endpoint
 from ingestor.parsing import Control, FrameError, ParseResult
 from ingestor.publisher import Publisher, status_hash_fields
 from ingestor.stats import FeedStats, RateLimitedLog, feed_state
@@ -31,34 +31,35 @@ class Parser(Protocol):
     def parse(self, frame: str | bytes, ts_recv_us: int) -> ParseResult: ...
 
 
-def make_supervisor_args(exchange: str, settings: Settings) -> tuple[Parser, dict[str, object]]:
-    """The exchange-specific parts: parser, URL, subscription frames, keepalive, lifetime."""
+def exchange_parts(exchange: str, settings: Settings) -> tuple[Parser, Endpoint]:
+    """The exchange-specific parts: parser, and the endpoint (URL, subscription frames, keepalive, lifetime)."""
     if exchange == "binance":
-        return binance.BinanceParser(settings), {
-            "url": binance.build_url(settings),
-            "max_lifetime_s": settings.binance.max_lifetime_s,
-        }
+        return binance.BinanceParser(settings), Endpoint(
+            url=binance.build_url(settings),
+            max_lifetime_s=settings.binance.max_lifetime_s,
+        )
     if exchange == "okx":
-        return okx.OkxParser(settings), {
-            "url": settings.okx.ws_url,
-            "subscribe": okx.subscribe_requests(settings),
-            "subscribe_pace_s": okx.SUBSCRIBE_PACE_S,
-            "ping_after_s": settings.okx.ping_after_s,
-            "ping_payload": okx.PING,
-        }
+        return okx.OkxParser(settings), Endpoint(
+            url=settings.okx.ws_url,
+            subscribe=tuple(okx.subscribe_requests(settings)),
+            subscribe_pace_s=okx.SUBSCRIBE_PACE_S,
+            ping_after_s=settings.okx.ping_after_s,
+            ping_payload=okx.PING,
+        )
     raise ValueError(f"unknown exchange {exchange!r} (expected binance or okx)")
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, exchange: str, redis: aioredis.Redis, **supervisor_overrides: object) -> None:
+    def __init__(self, settings: Settings, exchange: str, redis: aioredis.Redis, *,
+                 endpoint: Endpoint | None = None) -> None:
+        """``endpoint`` replaces the exchange's own (tests)."""
         self.settings = settings
         self.exchange = exchange
-        self.parser, sup_args = make_supervisor_args(exchange, settings)
-        sup_args.update(supervisor_overrides)
+        self.parser, own = exchange_parts(exchange, settings)
         self.publisher = Publisher(redis, exchange)
         self.stats = FeedStats()
-        self.supervisor = ConnectionSupervisor(exchange, on_frame=self.on_frame, feeds=settings.feeds,
-                                               on_state=self._on_conn_state, **sup_args)  # type: ignore[arg-type]
+        self.supervisor = ConnectionSupervisor(exchange, endpoint or own, on_frame=self.on_frame,
+                                               feeds=settings.feeds, on_state=self._on_conn_state)
         self.stale_after_us = int(settings.feeds.stale_after_s * 1_000_000)
         self.state: FeedState = "down"
         self.reason = "starting"

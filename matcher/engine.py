@@ -14,10 +14,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,7 +28,7 @@ from shared.best_touch import Touch, best_touch
 from shared.errors import DomainError
 from shared.feed_health import FeedHealth
 from shared.ledger import Order, PairRules
-from shared.matching import REST, Decision, decide_arrival, decide_resting, views_for
+from shared.matching import REST, Decide, Decision, decide_arrival, decide_resting, views_for
 from shared.redis_conn import connect
 from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
 from shared.settings import EXCHANGES, Settings
@@ -97,7 +97,7 @@ class Matcher:
 
     # --- settlement ----------------------------------------------------------------------------
 
-    async def settle(self, order: Order, decide: Any) -> None:
+    async def settle(self, order: Order, decide: Decide) -> None:
         rules = self.rules.get(order.symbol)
         if rules is None:
             log.error("order %s/%s has unknown symbol %s", order.user_id, order.token_id, order.symbol)
@@ -138,13 +138,13 @@ class Matcher:
                                       "symbol": o.symbol, "type": o.type, "status": o.status, "reason": o.reason,
                                       "filled_quantity": str(o.filled_quantity)}})
 
-    def _arrival(self, symbol: str) -> Any:
+    def _arrival(self, symbol: str) -> Decide:
         def decide(o: Order) -> Decision:
             touch = self.touch(symbol)
             return decide_arrival(o, touch, views_for(symbol, touch.live, self.bbos, self.books), self.rules[symbol].lot_step)
         return decide
 
-    def _resting(self, symbol: str) -> Any:
+    def _resting(self, symbol: str) -> Decide:
         def decide(o: Order) -> Decision:
             return decide_resting(o, self.touch(symbol)) if o.type == "limit" else REST
         return decide
@@ -190,7 +190,7 @@ class Matcher:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def _on_md(self, raw: bytes, *, check: bool = True) -> str | None:
+    def _on_md(self, raw: bytes | str, *, check: bool = True) -> str | None:
         """Apply a market data message; returns the symbol to re-check, if any."""
         try:
             msg = decode(raw)
@@ -210,7 +210,7 @@ class Matcher:
                 return "*"
         return None
 
-    async def handle(self, channel: str, data: bytes) -> None:
+    async def handle(self, channel: str, data: bytes | str) -> None:
         if channel == names.ORDERS_CHANNEL:
             try:
                 o = Order.from_dict(orjson.loads(data))
@@ -227,7 +227,7 @@ class Matcher:
         elif sym is not None:
             await self.match_symbol(sym)
 
-    def _on_reconnect(self, _conn: Any) -> None:
+    def _on_reconnect(self, _conn: AbstractConnection) -> None:
         self.resync = True
 
     async def run(self, stop: asyncio.Event, reconcile_s: float, ready: asyncio.Event | None = None) -> None:

@@ -38,7 +38,8 @@ class KlineBuilder:
         if interval_us <= 0:
             raise ValueError("interval must be positive")
         self.interval_us = interval_us
-        self.history: deque[Candle] = deque(maxlen=max(history, 1))
+        self.keep = max(history, 1)
+        self.history: deque[Candle] = deque(maxlen=self.keep)
         self.current: Candle | None = None
         self.late = 0
         self._last_ts: tuple[int, int] = (0, 0)
@@ -60,8 +61,8 @@ class KlineBuilder:
         out.append(closed)
         gap = (bucket_us - cur.open_time_us) // self.interval_us - 1
         start = cur.open_time_us + self.interval_us
-        if gap > self.history.maxlen:  # a long silence: keep only as many flat candles as history holds
-            start += (gap - self.history.maxlen) * self.interval_us  # type: ignore[operator]
+        if gap > self.keep:  # a long silence: keep only as many flat candles as history holds
+            start += (gap - self.keep) * self.interval_us
         while start < bucket_us:
             out.append(replace(self._flat(start, closed.close), closed=True))
             start += self.interval_us

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import decimal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
@@ -34,6 +34,8 @@ class Decision:
 
 
 REST = Decision("rest")
+# How the matcher judges an order: applied inside the settlement transaction to the order as stored there.
+Decide = Callable[[Order], Decision]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 log = logging.getLogger("metrics")
 
 
-def serve(registry: CollectorRegistry, host: str, port: int, what: str) -> Any:
+def serve(registry: CollectorRegistry, host: str, port: int, what: str) -> WSGIServer | None:
     """Serve ``registry`` on http://host:port/metrics in a thread; a port in use is logged, never fatal."""
     if not port:
         return None

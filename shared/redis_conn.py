@@ -20,9 +20,7 @@ class Connection(aioredis.Connection):
             raise RedisConnectionError(f"connection lost while writing: {e}") from e
 
 
-def connect(url: str, **kw: object) -> aioredis.Redis:
+def connect(url: str) -> aioredis.Redis:
     """An asyncio Redis client with the options every process uses."""
-    opts: dict[str, object] = {"health_check_interval": 15, "socket_keepalive": True, "socket_connect_timeout": 5,
-                               "connection_class": Connection}
-    opts.update(kw)
-    return aioredis.Redis.from_url(url, **opts)  # type: ignore[arg-type]
+    return aioredis.Redis.from_url(url, health_check_interval=15, socket_keepalive=True, socket_connect_timeout=5,
+                                   connection_class=Connection)

@@ -210,7 +210,7 @@ def wrap(name: str, raw: bytes) -> bytes:
     return b'{"stream":"' + name.encode() + b'","data":' + raw + b"}"
 
 
-class BinanceServer(MarketServer):
+class BinanceServer(MarketServer[str]):
     name = "binance"
     TRUNCATED = b'{"stream":"btcusdt@bookTicker","data":{"u":1,"s":"BTCU'
 
@@ -237,20 +237,21 @@ class BinanceServer(MarketServer):
         key = parse_stream(name)
         return key is not None and key.symbol.lower() in self.known
 
-    def route(self, request: Request) -> tuple[Any, Response | None]:
+    def route(self, request: Request) -> tuple[object, Response | None]:
         r = parse_path(request.path, self.valid_stream)
         if isinstance(r, Route):
             return r, None
         return None, refusal(*r)
 
-    def on_open(self, conn: Conn) -> None:
-        route: Route = conn.ws.route
+    def on_open(self, conn: Conn[str]) -> None:
+        route = conn.ws.route
+        assert isinstance(route, Route)
         conn.combined = route.combined
         for name in route.streams:
             self.subscribe(conn, name)
 
-    async def on_message(self, conn: Conn, msg: Data) -> None:
-        state = SubState(dict(conn.subs), conn.combined)  # type: ignore[arg-type]
+    async def on_message(self, conn: Conn[str], msg: Data) -> None:
+        state = SubState(dict(conn.subs), conn.combined)
         reply = apply_request(msg, state, self.valid_stream)
         for name in list(conn.subs):
             if name not in state.subs:
@@ -261,7 +262,7 @@ class BinanceServer(MarketServer):
         conn.combined = state.combined
         self.enqueue(conn, orjson.dumps(reply))
 
-    def on_frame(self, conn: Conn, opcode: Opcode) -> None:
+    def on_frame(self, conn: Conn[str], opcode: Opcode) -> None:
         if opcode is Opcode.PONG:
             self.pongs_received += 1
         elif opcode is Opcode.PING:
@@ -275,10 +276,10 @@ class BinanceServer(MarketServer):
                 self.rate_limit_closes += 1
                 self.close_conn(conn, 1008, "Too many requests")
 
-    def conn_tasks(self, conn: Conn) -> Iterable[Coroutine[Any, Any, None]]:
+    def conn_tasks(self, conn: Conn[str]) -> Iterable[Coroutine[Any, Any, None]]:
         return (self._keepalive(conn),)
 
-    async def _keepalive(self, conn: Conn) -> None:
+    async def _keepalive(self, conn: Conn[str]) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
             if conn.silent or conn.closing:

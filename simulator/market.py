@@ -18,7 +18,10 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from shared.settings import Pair
 
 Exchange = Literal["binance", "okx"]
 EXCHANGES: tuple[Exchange, ...] = ("binance", "okx")
@@ -125,8 +128,9 @@ class _Sym:
     book_index: dict[str, int]
 
 
-def pair_specs(settings_pairs: Iterable[Any]) -> list[PairSpec]:
-    """Build specs from ``shared.settings.Pair`` objects (duck-typed so this module imports nothing)."""
+def pair_specs(settings_pairs: Iterable[Pair]) -> list[PairSpec]:
+    """Build specs from ``shared.settings.Pair`` objects (imported for the type checker only: this module
+    imports nothing at run time)."""
     return [
         PairSpec(symbol=p.symbol, binance=p.binance, okx=p.okx, tick=p.tick_size, lot=p.lot_step,
                  base_price=BASE_PRICES.get(p.base, 100.0))

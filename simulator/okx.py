@@ -171,7 +171,7 @@ class OkxFeed:
                 "sodUtc0": fmt(day.open), "sodUtc8": fmt(day.open)}
 
 
-class OkxServer(MarketServer):
+class OkxServer(MarketServer[Key]):
     name = "okx"
     TRUNCATED = b'{"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{"asks":[["6'
 
@@ -193,20 +193,20 @@ class OkxServer(MarketServer):
     def valid_arg(self, channel: str, inst: str) -> bool:
         return (channel in CHANNELS and inst in self.known) or (channel, inst) in self.extra_args
 
-    def route(self, request: Request) -> tuple[Any, Response | None]:
+    def route(self, request: Request) -> tuple[object, Response | None]:
         if urlsplit(request.path).path.rstrip("/") != PATH:
             return None, refusal(404, "Not Found", "text/plain")
         return PATH, None
 
-    def on_open(self, conn: Conn) -> None:
+    def on_open(self, conn: Conn[Key]) -> None:
         conn.conn_id = f"{self._rng.getrandbits(32):08x}"
 
-    async def on_message(self, conn: Conn, msg: Data) -> None:
+    async def on_message(self, conn: Conn[Key], msg: Data) -> None:
         if msg == "ping":
             self.pings_received += 1
             self.enqueue(conn, b"pong")
             return
-        state = SubState(dict(conn.subs))  # type: ignore[arg-type]
+        state = SubState(dict(conn.subs))
         replies = apply_request(msg, state, self.valid_arg, conn.conn_id)
         for key in list(conn.subs):
             if key not in state.subs:
@@ -217,10 +217,10 @@ class OkxServer(MarketServer):
         for r in replies:
             self.enqueue(conn, orjson.dumps(r))
 
-    def conn_tasks(self, conn: Conn) -> Iterable[Coroutine[Any, Any, None]]:
+    def conn_tasks(self, conn: Conn[Key]) -> Iterable[Coroutine[Any, Any, None]]:
         return (self._idle_watch(conn),)
 
-    async def _idle_watch(self, conn: Conn) -> None:
+    async def _idle_watch(self, conn: Conn[Key]) -> None:
         step = min(1.0, self.idle_timeout / 4)
         while True:
             await asyncio.sleep(step)

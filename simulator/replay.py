@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class ReplayFrame:
     ts_us: int
     exchange: str  # binance | okx
-    key: Any  # Binance stream name, or OKX (channel, instId)
+    key: str | tuple[str, str]  # Binance stream name, or OKX (channel, instId)
     raw: bytes  # the frame as recorded
     data: bytes | None = None  # Binance: the inner payload, for raw (/ws) connections
 
@@ -95,7 +95,10 @@ def scan_keys(paths: list[str | Path]) -> tuple[set[str], set[tuple[str, str]]]:
     args: set[tuple[str, str]] = set()
     for path in paths:
         for fr in read_frames(path):
-            (streams if fr.exchange == "binance" else args).add(fr.key)
+            if isinstance(fr.key, str):  # Binance
+                streams.add(fr.key)
+            else:
+                args.add(fr.key)
     return streams, args
 
 
@@ -119,7 +122,7 @@ async def replay_file(path: str | Path, binance: BinanceServer, okx: OkxServer, 
             # As fast as possible, but never faster than the clients read (no dropped frames).
             await binance.flush(60)
             await okx.flush(60)
-        if fr.exchange == "binance":
+        if isinstance(fr.key, str):  # Binance
             assert fr.data is not None
             binance.publish(fr.key, fr.data, fr.raw)
         else:

@@ -15,16 +15,17 @@ import socket
 import struct
 import time
 from collections import defaultdict, deque
-from collections.abc import Coroutine, Hashable, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from decimal import Decimal
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Event as WsEvent
 
 from simulator.market import BookEvent, Event, Level, MarketModel, QuoteEvent, TradeEvent, book_with_top
 
@@ -32,6 +33,7 @@ log = logging.getLogger("simulator")
 
 QUEUE_MAX = 20000
 Data = bytes | str
+K = TypeVar("K", bound=Hashable)  # what a subscription is keyed by: a Binance stream name, an OKX (channel, instId)
 
 
 def now_ms() -> int:
@@ -48,23 +50,23 @@ def refusal(status: int, body: str, content_type: str = "text/plain; charset=utf
 class SimConnection(ServerConnection):
     """A server connection that reports every incoming frame, control frames included."""
 
-    route: Any = None
-    frame_hook: Any = None
+    route: object = None  # what the exchange's route() made of the handshake
+    frame_hook: Callable[[Opcode], None] | None = None
 
-    def process_event(self, event: Any) -> None:
+    def process_event(self, event: WsEvent) -> None:
         super().process_event(event)
         if self.frame_hook is not None and isinstance(event, Frame):
             self.frame_hook(event.opcode)
 
 
-class Conn:
+class Conn(Generic[K]):
     """One client connection as the simulator sees it."""
 
     def __init__(self, cid: int, ws: SimConnection) -> None:
         self.id = cid
         self.ws = ws
         self.path = ws.request.path if ws.request else ""
-        self.subs: dict[Hashable, None] = {}  # ordered: LIST_SUBSCRIPTIONS answers in subscription order
+        self.subs: dict[K, None] = {}  # ordered: LIST_SUBSCRIPTIONS answers in subscription order
         self.combined = False
         self.queue: asyncio.Queue[Data] = asyncio.Queue(maxsize=QUEUE_MAX)
         self.loop = asyncio.get_running_loop()
@@ -81,7 +83,7 @@ class Conn:
         return self.loop.time() < self.silent_until
 
 
-class ExchangeServer:
+class ExchangeServer(Generic[K]):
     """Base class: subclasses route the handshake, parse client messages and build frames."""
 
     name = "exchange"
@@ -89,8 +91,8 @@ class ExchangeServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.conns: dict[int, Conn] = {}
-        self.index: defaultdict[Hashable, dict[Conn, None]] = defaultdict(dict)
+        self.conns: dict[int, Conn[K]] = {}
+        self.index: defaultdict[K, dict[Conn[K], None]] = defaultdict(dict)
         self._ids = itertools.count(1)
         self._server: Server | None = None
         self._bg: set[asyncio.Task[Any]] = set()
@@ -131,20 +133,20 @@ class ExchangeServer:
     def connection_count(self) -> int:
         return len(self.conns)
 
-    def subscriptions(self) -> set[Hashable]:
+    def subscriptions(self) -> set[K]:
         """Every key some open connection subscribes to."""
         return {k for k, conns in self.index.items() if conns}
 
-    def subscriptions_by_connection(self) -> list[list[Hashable]]:
+    def subscriptions_by_connection(self) -> list[list[K]]:
         return [list(c.subs) for c in self.conns.values()]
 
-    async def wait_for(self, predicate: Any, within: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
         """Wait until ``predicate()`` is true (re-checked on every connect/subscribe change)."""
         async with asyncio.timeout(within):
             async with self._changed:
                 await self._changed.wait_for(predicate)
 
-    async def wait_subscribed(self, key: Hashable, within: float = 5.0) -> None:
+    async def wait_subscribed(self, key: K, within: float = 5.0) -> None:
         await self.wait_for(lambda: bool(self.index.get(key)), within)
 
     async def wait_connections(self, n: int, within: float = 5.0) -> None:
@@ -152,20 +154,20 @@ class ExchangeServer:
 
     # --- hooks for subclasses ---------------------------------------------------------------------
 
-    def route(self, request: Request) -> tuple[Any, Response | None]:
+    def route(self, request: Request) -> tuple[object, Response | None]:
         """Return (route info for on_open, or an HTTP response refusing the handshake)."""
         raise NotImplementedError
 
-    def on_open(self, conn: Conn) -> None:
+    def on_open(self, conn: Conn[K]) -> None:
         pass
 
-    async def on_message(self, conn: Conn, msg: Data) -> None:
+    async def on_message(self, conn: Conn[K], msg: Data) -> None:
         raise NotImplementedError
 
-    def on_frame(self, conn: Conn, opcode: Opcode) -> None:
+    def on_frame(self, conn: Conn[K], opcode: Opcode) -> None:
         pass
 
-    def conn_tasks(self, conn: Conn) -> Iterable[Coroutine[Any, Any, None]]:
+    def conn_tasks(self, conn: Conn[K]) -> Iterable[Coroutine[Any, Any, None]]:
         return ()
 
     # --- connections ------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ class ExchangeServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert isinstance(ws, SimConnection)
-        conn = Conn(next(self._ids), ws)
+        conn: Conn[K] = Conn(next(self._ids), ws)
 
         def frame_hook(opcode: Opcode) -> None:
             conn.last_recv = conn.loop.time()
@@ -218,7 +220,7 @@ class ExchangeServer:
         self._bg.add(t)
         t.add_done_callback(self._bg.discard)
 
-    async def _writer(self, conn: Conn) -> None:
+    async def _writer(self, conn: Conn[K]) -> None:
         q = conn.queue
         while True:
             data = await q.get()
@@ -236,13 +238,13 @@ class ExchangeServer:
                 return
             q.task_done()
 
-    def subscribe(self, conn: Conn, key: Hashable) -> None:
+    def subscribe(self, conn: Conn[K], key: K) -> None:
         conn.subs[key] = None
         self.index[key][conn] = None
         self.first_subscription.set()
         self._spawn(self._notify())
 
-    def unsubscribe(self, conn: Conn, key: Hashable) -> None:
+    def unsubscribe(self, conn: Conn[K], key: K) -> None:
         conn.subs.pop(key, None)
         subs = self.index.get(key)
         if subs is not None:
@@ -250,7 +252,7 @@ class ExchangeServer:
             if not subs:
                 del self.index[key]
 
-    def enqueue(self, conn: Conn, data: Data) -> None:
+    def enqueue(self, conn: Conn[K], data: Data) -> None:
         if conn.silent or conn.closing:
             return
         try:
@@ -259,7 +261,7 @@ class ExchangeServer:
             conn.dropped += 1
             self.frames_dropped += 1
 
-    def publish(self, key: Hashable, raw: Data, wrapped: Data | None = None) -> int:
+    def publish(self, key: K, raw: Data, wrapped: Data | None = None) -> int:
         """Queue a frame to every subscriber of ``key``; ``wrapped`` goes to combined-stream connections."""
         subs = self.index.get(key)
         if not subs:
@@ -278,7 +280,7 @@ class ExchangeServer:
             for conn in list(self.conns.values()):
                 await conn.queue.join()
 
-    def close_conn(self, conn: Conn, code: int, reason: str) -> None:
+    def close_conn(self, conn: Conn[K], code: int, reason: str) -> None:
         if conn.closing:
             return
         conn.closing = True
@@ -315,12 +317,12 @@ class ExchangeServer:
                 c.ws.transport.pause_reading()
             loop.call_later(seconds, self._wake, c)
 
-    def _wake(self, conn: Conn) -> None:
+    def _wake(self, conn: Conn[K]) -> None:
         conn.last_recv = conn.loop.time()
         with contextlib.suppress(Exception):
             conn.ws.transport.resume_reading()
 
-    async def send_raw(self, data: Data, key: Hashable | None = None) -> None:
+    async def send_raw(self, data: Data, key: K | None = None) -> None:
         """Send exactly ``data`` to the subscribers of ``key`` (every connection when None)."""
         if key is None:
             self.broadcast(data)
@@ -329,7 +331,7 @@ class ExchangeServer:
         await self.flush()
 
 
-class MarketServer(ExchangeServer):
+class MarketServer(ExchangeServer[K]):
     """An exchange fed by the market model: test controls shared by both exchanges.
 
     Subclasses turn events into frames (``on_event``) and build the malformed quote frames (``bad_quote``).

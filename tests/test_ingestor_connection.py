@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection
 
-from ingestor.connection import Backoff, ConnectionSupervisor
+from ingestor.connection import Backoff, ConnectionSupervisor, Endpoint
 from shared.settings import FeedSettings
 from tests.ingestor_helpers import ScriptedServer, scripted_server, wait_for
 
@@ -45,10 +46,10 @@ async def running(sup: ConnectionSupervisor) -> AsyncIterator[ConnectionSupervis
         assert task.done()
 
 
-def make(srv: ScriptedServer | str, rec: Recorder, feeds: FeedSettings = FAST, **kw: object) -> ConnectionSupervisor:
+def make(srv: ScriptedServer | str, rec: Recorder, feeds: FeedSettings = FAST, **kw: Any) -> ConnectionSupervisor:
     url = srv if isinstance(srv, str) else srv.url
-    return ConnectionSupervisor("test", url, rec.on_frame, feeds, on_state=rec.on_state,
-                                rng=random.Random(1), **kw)  # type: ignore[arg-type]
+    return ConnectionSupervisor("test", Endpoint(url, **kw), rec.on_frame, feeds, on_state=rec.on_state,
+                                rng=random.Random(1))
 
 
 def test_backoff_doubles_with_jitter_caps_and_resets() -> None:
@@ -161,7 +162,7 @@ async def test_exchange_request_redials_at_once_and_resubscribes() -> None:
     slow = FeedSettings(stale_after_s=1, idle_timeout_s=5, backoff_initial_s=3, backoff_max_s=5, stable_after_s=5)
     rec = Recorder(redial_on="please reconnect")
     async with scripted_server(handler) as srv:
-        sup = make(srv, rec, slow, subscribe=["sub-a", "sub-b"], subscribe_pace_s=0.05)
+        sup = make(srv, rec, slow, subscribe=("sub-a", "sub-b"), subscribe_pace_s=0.05)
         async with running(sup):
             loop = asyncio.get_running_loop()
             t0 = loop.time()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection
 
-from ingestor.service import Ingestor
+from ingestor.service import Ingestor, exchange_parts
 from ingestor.stats import feed_state
 from shared import names
 from shared.schema import BBO, FeedStatus, Trade, decode
@@ -139,7 +140,7 @@ async def test_okx_end_to_end_subscribes_pings_and_redials_on_notice(tmp_path: P
     async with scripted_server(exchange) as srv:
         settings = settings_for(tmp_path, OKX_WS_URL=srv.url, SR_OKX__PING_AFTER_S="0.15",
                                 SR_FEEDS__BACKOFF_INITIAL_S="3")
-        ing = Ingestor(settings, "okx", aredis, subscribe_pace_s=0.01)
+        ing = Ingestor(settings, "okx", aredis, endpoint=replace(exchange_parts("okx", settings)[1], subscribe_pace_s=0.01))
         async with running(ing):
             await wait_for(lambda: ing.stats.messages["trade"] == 2, within_s=2.0,
                            what="trade on the second connection (redialled without backoff)")
