@@ -103,7 +103,12 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        dup = ""
+        for k, _ in pairs:
+            if k in seen:
+                dup = k
+                break
+            seen.add(k)
         raise BadJson(f"invalid JSON: duplicate key {dup[:40]!r}")
     return obj
 

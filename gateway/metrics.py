@@ -53,7 +53,7 @@ _FEED_STATES = ("up", "stale", "down")
 def _registry() -> CollectorRegistry:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         reg = CollectorRegistry()
-        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(reg)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
         return reg
     return REGISTRY
 
@@ -87,7 +87,7 @@ def render(feeds: dict[str, FeedCheck], redis_ok: bool, matcher_alive: bool) -> 
                                       value=float(matcher_alive))
             return [up, alive, *feed_families(feeds)]
 
-    extra.register(_Feeds())  # type: ignore[arg-type]
+    extra.register(_Feeds())
     report_queue_stats()  # this worker's figures are current; the other workers' are at most a second old
     return generate_latest(_registry()) + generate_latest(extra)
 
@@ -121,7 +121,7 @@ async def queue_stats_reporter(period_s: float = 1.0) -> None:
 def worker_exit() -> None:
     """A worker going away: its ``live*`` gauges stop counting (multiprocess mode only)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 
 class HttpMetricsMiddleware:

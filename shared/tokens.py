@@ -28,12 +28,13 @@ def issue(user_id: str, secret: str, ttl_s: int, *, now: float | None = None, us
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify(token: str, secret: str) -> str:
-    """The token's subject (user id); ``TokenError`` for anything expired, forged, unsigned or malformed."""
+def verify(token: object, secret: str) -> str:
+    """The token's subject (user id); ``TokenError`` for anything expired, forged, unsigned or malformed
+    (a client's message may hold anything where a token belongs)."""
     return verify_claims(token, secret)[0]
 
 
-def verify_claims(token: str, secret: str) -> tuple[str, float]:
+def verify_claims(token: object, secret: str) -> tuple[str, float]:
     """The token's subject and expiry (epoch seconds); ``TokenError`` as ``verify``."""
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise TokenError("malformed token")

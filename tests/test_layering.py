@@ -77,13 +77,13 @@ def test_no_gateway_module_is_too_long() -> None:
 
 
 def _raised_codes() -> dict[str, str]:
-    """Every literal error code of the code base: ``DomainError("code", ...)`` and ``coded("code", ...)``."""
+    """Every literal error code of the code base: ``DomainError("code", ...)`` and ``code_of("code")``."""
     out: dict[str, str] = {}
     for package in ("shared", "gateway"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                        and node.func.id in ("DomainError", "coded") and node.args \
+                        and node.func.id in ("DomainError", "code_of") and node.args \
                         and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                     out[node.args[0].value] = str(path.relative_to(ROOT))
     return out

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -45,9 +45,7 @@ Handler = Callable[["Connection", dict[str, Any]], Awaitable[None]]
 ACTIONS: dict[str, Handler] = {}
 PUBLIC_ACTIONS: set[str] = set()  # allowed before authentication
 # stream name -> the source that serves it (market data by default; the orders stream can be registered)
-STREAM_HANDLERS: dict[str, Callable[[Connection], StreamSource]] = {
-    s: (lambda conn: conn.market) for s in MARKET_STREAMS
-}
+STREAM_HANDLERS: dict[str, Callable[[Connection], StreamSource]] = {}
 
 
 def action(name: str, *, public: bool = False) -> Callable[[Handler], Handler]:
@@ -210,7 +208,7 @@ class Connection:
         self._allowance -= 1
         return True
 
-    async def _handle(self, message: dict[str, Any]) -> None:
+    async def _handle(self, message: Mapping[str, Any]) -> None:
         if not self._rate_ok():
             raise _Close(CLOSE_POLICY, "too many messages")
         text = message.get("text")
@@ -249,6 +247,13 @@ class Connection:
             self.error("unavailable", "Redis is unreachable; retry in a moment", msg)
 
 
+def _market(conn: Connection) -> StreamSource:
+    return conn.market
+
+
+STREAM_HANDLERS.update({s: _market for s in MARKET_STREAMS})
+
+
 # -- actions ---------------------------------------------------------------------------------------
 
 
@@ -256,7 +261,7 @@ class Connection:
 async def _auth(conn: Connection, msg: dict[str, Any]) -> None:
     token = msg.get("token")
     try:
-        user_id = tokens.verify(token, conn.settings.auth.jwt_secret)  # type: ignore[arg-type]
+        user_id = tokens.verify(token, conn.settings.auth.jwt_secret)
     except tokens.TokenError as e:
         if conn.user_id is None:
             conn.error("auth_failed", str(e), msg)

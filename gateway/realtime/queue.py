@@ -125,11 +125,11 @@ class ClientQueue:
             self._flusher.add(self)
 
     def _take(self) -> list[bytes]:
-        frames = [e.frame if type(e) is _Slot else e for e in self._q]  # type: ignore[union-attr]
+        frames = [e.frame if isinstance(e, _Slot) else e for e in self._q]
         self._q.clear()
         self._slots.clear()
         self._strict = 0
-        return frames  # type: ignore[return-value]
+        return frames
 
     def _flush(self) -> None:
         self._flush_pending = False
@@ -144,7 +144,7 @@ class ClientQueue:
             e = self._q.popleft()
             self._slots.clear()
             self._strict = 0
-            sink.write_frames(e.frame if type(e) is _Slot else e)  # type: ignore[union-attr,arg-type]
+            sink.write_frames(e.frame if isinstance(e, _Slot) else e)
         else:
             sink.write_frames(b"".join(self._take()))
 
@@ -178,11 +178,11 @@ class ClientQueue:
             frame = as_frame(frame)
         slot = self._slots.get(key)
         if slot is not None:
-            slot.frame = frame  # type: ignore[assignment]
+            slot.frame = frame
             self.conflated += 1
             QueueStats.conflated += 1
             return
-        slot = _Slot(frame)  # type: ignore[arg-type]
+        slot = _Slot(frame)
         self._slots[key] = slot
         self._push(slot, False)
 
@@ -195,7 +195,7 @@ class ClientQueue:
         if type(frame) is not bytes or frame[0] != TEXT_FIN:
             frame = as_frame(frame)
         self._strict += 1
-        self._push(frame, False)  # type: ignore[arg-type]
+        self._push(frame, False)
 
     def put_critical(self, frame: str | bytes) -> None:
         if self.failed:

@@ -17,8 +17,8 @@ and a transport closed with bytes still unsent is aborted after ``CLOSE_DRAIN_S`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -61,7 +61,8 @@ class FrameSink(WebSocketsSansIOProtocol):
         self._paused = False
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(_DrainDeadline(transport, self.loop))
+        # A duck-typed proxy of the transport (``__getattr__`` gives the rest), not a subclass.
+        super().connection_made(cast(asyncio.Transport, _DrainDeadline(transport, self.loop)))
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -111,7 +112,7 @@ class FrameSink(WebSocketsSansIOProtocol):
         self.on_resume = None
 
 
-def frame_sink(scope: dict[str, Any]) -> FrameSink | None:
+def frame_sink(scope: Mapping[str, Any]) -> FrameSink | None:
     ext = scope.get("extensions") or {}
     entry = ext.get(FRAMES_EXTENSION)
     return entry["sink"] if entry else None

@@ -18,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -145,8 +146,9 @@ class MarketData:
             if extra in subs:
                 subs.remove(extra)
         else:
-            table: dict[tuple[str, ...], _Topic] = {
-                "best_touch": self._touch, "trades": self._trades, "klines": self._klines}[spec.stream]  # type: ignore[assignment]
+            tables: dict[str, dict[Any, _Topic]] = {
+                "best_touch": self._touch, "trades": self._trades, "klines": self._klines}
+            table = tables[spec.stream]
             key = (sym, flt, spec.interval) if spec.stream == "klines" else (sym, flt)
             topic = table.get(key)
             if topic is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -75,11 +75,17 @@ class User:
     pw_hash: bytes
 
 
-def _user(raw: dict[bytes, bytes]) -> User | None:
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _user(raw: Mapping[bytes | str, bytes | str]) -> User | None:
+    """A user hash as redis-py returns it (bytes: the client does not decode)."""
     if not raw or b"id" not in raw:
         return None
-    return User(id=raw[b"id"].decode(), username=raw[b"username"].decode(),
-                created_us=int(raw[b"created_us"]), pw_hash=raw[b"pw_hash"])
+    pw_hash = raw[b"pw_hash"]
+    return User(id=_text(raw[b"id"]), username=_text(raw[b"username"]), created_us=int(raw[b"created_us"]),
+                pw_hash=pw_hash if isinstance(pw_hash, bytes) else pw_hash.encode())
 
 
 class UserStore:
@@ -105,7 +111,7 @@ class UserStore:
 
     async def by_name(self, username: str) -> User | None:
         uid = await self.redis.get(names.username_key(username))
-        return await self.get(uid.decode()) if uid else None
+        return await self.get(_text(uid)) if uid else None
 
 
 # INCR with the window's expiry set by the first failure (fixed window; later attempts do not extend it).

@@ -16,10 +16,13 @@ Exactness on input needs the body parsed by ``gateway.jsonio.loads`` (numbers wi
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from shared.money import MAX_AMOUNT
 
@@ -99,46 +102,59 @@ def _significant_digits(d: Decimal) -> int:
     return len(digits) - i
 
 
-def decimal_type(*, gt: Decimal | int | None = None, ge: Decimal | int | None = None,
-                 le: Decimal | int | None = None, max_places: int = MAX_PLACES,
-                 description: str = "decimal number: JSON number or numeric string") -> Any:
-    def bounds(d: Decimal) -> Decimal:
-        if gt is not None and not d > gt:
-            raise ValueError(f"must be greater than {gt}")
-        if ge is not None and not d >= ge:
-            raise ValueError(f"must be at least {ge}")
-        if le is not None and not d <= le:
-            raise ValueError(f"must be at most {le}")
-        if decimal_places(d) > max_places:
-            raise ValueError(f"must have at most {max_places} decimal places")
+@dataclass(frozen=True, slots=True)
+class ExactDecimal:
+    """Pydantic metadata for ``Annotated[Decimal, ExactDecimal(...)]``: the strict, exact parse (``to_decimal``),
+    the bounds, and both JSON schemas (input: number or numeric string; output: an exact number)."""
+
+    gt: Decimal | int | None = None
+    ge: Decimal | int | None = None
+    le: Decimal | int | None = None
+    max_places: int = MAX_PLACES
+    description: str = "decimal number: JSON number or numeric string"
+
+    def bounds(self, d: Decimal) -> Decimal:
+        if self.gt is not None and not d > self.gt:
+            raise ValueError(f"must be greater than {self.gt}")
+        if self.ge is not None and not d >= self.ge:
+            raise ValueError(f"must be at least {self.ge}")
+        if self.le is not None and not d <= self.le:
+            raise ValueError(f"must be at most {self.le}")
+        if decimal_places(d) > self.max_places:
+            raise ValueError(f"must have at most {self.max_places} decimal places")
         return d
 
-    number: dict[str, Any] = {"type": "number", "exclusiveMaximum": float(MAX_ABS)}
-    pattern = _NUMBER.pattern
-    if gt is not None:
-        number["exclusiveMinimum"] = float(gt)
-        if gt == 0:
-            pattern = _POSITIVE.pattern
-    elif ge is not None:
-        number["minimum"] = float(ge)
-    else:
-        number["exclusiveMinimum"] = -float(MAX_ABS)
-    schema_in: dict[str, Any] = {
-        # Anchored: a JSON Schema pattern matches anywhere in the string unless it says otherwise.
-        "anyOf": [number, {"type": "string", "maxLength": MAX_NUMBER_CHARS,
-                           "pattern": f"^[ \\t\\n\\r]*{pattern}[ \\t\\n\\r]*$"}],
-        "description": description,
-        "examples": ["0.01"],
-    }
-    return Annotated[
-        Decimal,
-        BeforeValidator(to_decimal),
-        AfterValidator(bounds),
-        WithJsonSchema(schema_in, mode="validation"),
-        WithJsonSchema(SCHEMA_OUT, mode="serialization"),
-    ]
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        exact = core_schema.no_info_after_validator_function(self.bounds, handler(source))
+        return core_schema.no_info_before_validator_function(to_decimal, exact)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        if handler.mode == "serialization":
+            return dict(SCHEMA_OUT)
+        number: dict[str, Any] = {"type": "number", "exclusiveMaximum": float(MAX_ABS)}
+        pattern = _NUMBER.pattern
+        if self.gt is not None:
+            number["exclusiveMinimum"] = float(self.gt)
+            if self.gt == 0:
+                pattern = _POSITIVE.pattern
+        elif self.ge is not None:
+            number["minimum"] = float(self.ge)
+        else:
+            number["exclusiveMinimum"] = -float(MAX_ABS)
+        return {
+            # Anchored: a JSON Schema pattern matches anywhere in the string unless it says otherwise.
+            "anyOf": [number, {"type": "string", "maxLength": MAX_NUMBER_CHARS,
+                               "pattern": f"^[ \\t\\n\\r]*{pattern}[ \\t\\n\\r]*$"}],
+            "description": self.description,
+            "examples": ["0.01"],
+        }
 
 
-Dec = decimal_type()
-PositiveDec = decimal_type(gt=0, description="positive decimal: JSON number or numeric string")
-NonNegativeDec = decimal_type(ge=0, description="decimal >= 0: JSON number or numeric string")
+def decimal_type(**rules: Any) -> Any:
+    """``Annotated[Decimal, ExactDecimal(**rules)]``, for variants made at run time."""
+    return Annotated[Decimal, ExactDecimal(**rules)]
+
+
+Dec = Annotated[Decimal, ExactDecimal()]
+PositiveDec = Annotated[Decimal, ExactDecimal(gt=0, description="positive decimal: JSON number or numeric string")]
+NonNegativeDec = Annotated[Decimal, ExactDecimal(ge=0, description="decimal >= 0: JSON number or numeric string")]

@@ -89,7 +89,7 @@ def feed_check(fields: dict[str, str], heard: tuple[str, int] | None, now: int, 
         state, reason = "down", f"no feed state reported for {_age(now, ts)}s (ingestor not running?)"
     if state not in ("up", "stale", "down"):
         state = "unknown"
-    return FeedCheck(state=state, live=state == "up", reason=reason, connection=connection,  # type: ignore[arg-type]
+    return FeedCheck(state=state, live=state == "up", reason=reason, connection=connection,
                      heartbeat_age_s=_age(now, ts), data_age_s=data_age)
 
 

@@ -3,15 +3,15 @@
 Requests are ``CodedModel``s: every refusal carries a stable ``code`` (``invalid_number``, ``invalid_side``...)
 on REST and WebSocket alike. Amounts are exact decimals (``gateway.services.decimals``).
 
-By default a refused field is code ``validation_error``. ``coded("invalid_side", T)`` is ``T`` whose every
-refusal carries the code ``invalid_side`` instead, and ``CodedModel`` (a ``StrictModel``) gives a body's shape
+By default a refused field is code ``validation_error``. ``Annotated[T, code_of("invalid_side")]`` is ``T``
+whose every refusal carries the code ``invalid_side`` instead, and ``CodedModel`` (a ``StrictModel``) gives a body's shape
 errors codes of their own: ``invalid_body`` (not a JSON object), ``unknown_field``, ``missing_field``
 (``null`` counts as absent). ``refusal(errors)`` turns pydantic's errors into one ``DomainError`` (the first
 error decides the code) plus the per-field list REST shows::
 
     class DepositIn(CodedModel):
-        asset: coded("invalid_field", str)
-        amount: coded("invalid_number", PositiveDec)
+        asset: Annotated[str, code_of("invalid_field")]
+        amount: Annotated[PositiveDec, code_of("invalid_number")]
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ def _reason(e: ValidationError) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def coded(code: str, tp: Any) -> Any:
-    """``tp`` whose every refusal carries the stable error code ``code``."""
+def code_of(code: str) -> WrapValidator:
+    """Metadata giving every refusal of the annotated type the stable error code ``code``:
+    ``Annotated[str, StringConstraints(max_length=40), code_of("invalid_field")]`` (last, so that it wraps the
+    other constraints)."""
     API_CODES.add(code)
 
     def wrap(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -62,7 +64,12 @@ def coded(code: str, tp: Any) -> Any:
         except ValidationError as e:
             raise PydanticCustomError(code, "{reason}", {"reason": _reason(e)}) from None
 
-    return Annotated[tp, WrapValidator(wrap)]
+    return WrapValidator(wrap)
+
+
+def coded(code: str, tp: Any) -> Any:
+    """``tp`` with ``code_of(code)``, for types made at run time."""
+    return Annotated[tp, code_of(code)]
 
 
 class CodedModel(StrictModel):
@@ -149,13 +156,13 @@ def parse(model: type[M], obj: Any) -> M:
 
 # -- the trading requests ---------------------------------------------------------------------------
 
-TokenId = coded("invalid_field", Annotated[str, StringConstraints(pattern=f"^{TOKEN_ID_PATTERN}$"),
-                                           Field(description="your id for the order, unique per user forever",
-                                                 examples=["my-order-1"])])
-Name = coded("invalid_field", Annotated[str, StringConstraints(max_length=40)])
-Side = coded("invalid_side", ledger.Side)
-OrderType = coded("invalid_type", ledger.OrderType)
-Amount = coded("invalid_number", PositiveDec)
+TokenId = Annotated[str, StringConstraints(pattern=f"^{TOKEN_ID_PATTERN}$"),
+                    Field(description="your id for the order, unique per user forever", examples=["my-order-1"]),
+                    code_of("invalid_field")]
+Name = Annotated[str, StringConstraints(max_length=40), code_of("invalid_field")]
+Side = Annotated[ledger.Side, code_of("invalid_side")]
+OrderType = Annotated[ledger.OrderType, code_of("invalid_type")]
+Amount = Annotated[PositiveDec, code_of("invalid_number")]
 
 
 class DepositIn(CodedModel):
