@@ -177,7 +177,7 @@ class MarketModel:
         self.paused: set[tuple[str, str]] = set()
         self._sigma_per_s = self.rates.vol_annual / math.sqrt(365 * 24 * 3600)
         # Ordinary quote updates: the quote rate less the re-quotes that follow the fair price's jumps.
-        self._plain_quotes = {ex: max(self.rates.quotes[ex] - self.rates.fair_moves_per_s, 0.0) for ex in EXCHANGES}
+        self._plain_quotes: dict[str, float] = {ex: max(self.rates.quotes[ex] - self.rates.fair_moves_per_s, 0.0) for ex in EXCHANGES}
         self._syms: dict[str, _Sym] = {}
         self._heap: list[tuple[float, int, str, str, str]] = []
         self._seq = 0

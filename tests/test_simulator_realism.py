@@ -142,13 +142,14 @@ def test_both_exchanges_take_turns_at_the_best_bid() -> None:
 
 def test_x1_has_the_captures_per_pair_rates() -> None:
     seconds = 300
-    counts = Counter((ev.symbol, ev.exchange, ev.kind) for ev in run_model(seconds))
+    counts: Counter[tuple[str, str, str]] = Counter((ev.symbol, ev.exchange, ev.kind) for ev in run_model(seconds))
     for spec in SPECS:
         for (exchange, kind), target in TARGETS.items():
             got = counts[(spec.symbol, exchange, kind)] / seconds
             assert abs(got - target) <= TOLERANCE * target, (spec.symbol, exchange, kind, got, target)
     # The rate multiplier scales every one of them.
-    fast = Counter((ev.exchange, ev.kind) for ev in run_model(30, rate=10) if ev.symbol == "BTCUSDT")
+    fast: Counter[tuple[str, str]] = Counter((ev.exchange, ev.kind) for ev in run_model(30, rate=10)
+                                             if ev.symbol == "BTCUSDT")
     for (exchange, kind), target in TARGETS.items():
         assert abs(fast[(exchange, kind)] / 300 - target) <= TOLERANCE * target, (exchange, kind)
 
