@@ -17,6 +17,7 @@ import time
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
+from bench.simulator import describe
 from shared.settings import ROOT
 from tests.browser import browser_page, missing
 from tests.launcher_helpers import launch
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             page.click("#deposit-submit")
             page.wait_for_function("() => document.querySelector('#touch-all .bid').innerText.trim() !== ''")
             t0 = time.monotonic()
-            print(f"candles building for {args.seconds:.0f}s ...")
+            # `make run FEED=sim` starts the simulator without --rate: x1, the captures' flow.
+            print(f"simulator at rate x1 ({describe(1.0)}); candles building for {args.seconds:.0f}s ...")
             time.sleep(max(0.0, args.seconds - 10))
             for side, sel, factor, qty in (("buy", "#touch-all .ask", "1.002", "0.05"),
                                            ("sell", "#touch-all .ask", "1.003", "0.02"),

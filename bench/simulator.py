@@ -1,6 +1,9 @@
-"""Simulator throughput: frames/s a client receives at a given rate, and replay speed at --speed 0.
+"""Simulator throughput: frames/s a client receives at x1 and at a given rate, and replay speed at --speed 0.
 
     python -m bench.simulator [--rate 10] [--seconds 5]
+
+Rate x1 is the captures' flow per pair (``simulator.market``): Binance 81 bookTicker + 28.2 trade + 10 depth
+frames/s, OKX 13 bbo-tbt + 6.4 trades + 10 books5 frames/s; ``--rate`` multiplies all of them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from shared.settings import load_settings
 from simulator import Simulator
+from simulator.market import Rates
 
 CAPTURE = Path(__file__).resolve().parents[2] / "shared" / "exchange-captures" / "hftbacktest" / "btcusdt_20240808.gz"
 
@@ -30,6 +34,15 @@ async def count(ws: ClientConnection, seconds: float) -> int:
     return n
 
 
+def describe(rate: float) -> str:
+    """The per-pair rates the simulator runs at, as the bench states them."""
+    r = Rates()
+    books = 1000 / r.book_interval_ms * rate
+    return (f"per pair: binance {r.quotes['binance'] * rate:g} bookTicker + {r.trades['binance'] * rate:g} trade"
+            f" + {books:g} depth /s, okx {r.quotes['okx'] * rate:g} bbo-tbt + {r.trades['okx'] * rate:g} trades"
+            f" + {books:g} books5 /s")
+
+
 async def walk(rate: float, seconds: float) -> None:
     settings = load_settings(env={})
     async with Simulator(settings=settings, seed=1, rate=rate) as sim:
@@ -41,8 +54,9 @@ async def walk(rate: float, seconds: float) -> None:
                 connect(sim.okx_url, max_queue=None) as o:
             await o.send(f'{{"op":"subscribe","args":[{args}]}}')
             nb, no = await asyncio.gather(count(b, seconds), count(o, seconds))
-        print(f"random walk, {len(settings.pairs)} pairs, rate x{rate:g}: binance {nb / seconds:,.0f} frames/s, "
-              f"okx {no / seconds:,.0f} frames/s, dropped {sim.binance.frames_dropped + sim.okx.frames_dropped}")
+        print(f"random walk, {len(settings.pairs)} pairs, rate x{rate:g} ({describe(rate)}): "
+              f"binance {nb / seconds:,.0f} frames/s, okx {no / seconds:,.0f} frames/s, "
+              f"dropped {sim.binance.frames_dropped + sim.okx.frames_dropped}")
 
 
 async def replay() -> None:

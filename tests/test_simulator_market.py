@@ -65,9 +65,10 @@ def test_prices_on_tick_sizes_on_lot_and_books_consistent() -> None:
 def test_rates_and_rate_multiplier() -> None:
     counts = Counter((e.kind, e.exchange) for e in run(MarketModel(SPECS, seed=2, start_ms=T0), 60)
                      if e.symbol == "ETHUSDT")
-    assert 400 < counts[("quote", "binance")] < 560  # 8/s
-    assert 240 < counts[("quote", "okx")] < 370  # 5/s
-    assert 130 < counts[("trade", "binance")] < 240  # 3/s
+    assert 4500 < counts[("quote", "binance")] < 5200  # 81/s
+    assert 680 < counts[("quote", "okx")] < 880  # 13/s
+    assert 1550 < counts[("trade", "binance")] < 1810  # 28/s
+    assert 330 < counts[("trade", "okx")] < 470  # 6.6/s
     assert 595 <= counts[("book", "okx")] <= 601  # every 100 ms
     fast = Counter(e.kind for e in run(MarketModel(SPECS, seed=2, rate=10, start_ms=T0), 6) if e.symbol == "ETHUSDT")
     assert 1150 <= fast["book"] <= 1202  # 2 exchanges x 10/s x 10 x 6 s
