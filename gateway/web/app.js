@@ -121,7 +121,7 @@ function logout(message = '') {
 class Feed {
   constructor() {
     this.ws = null; this.attempt = 0; this.retryAt = 0; this.timer = null; this.tick = null; this.stopped = true;
-    this.topics = {}; this.gen = {}; this.specs = {}; this.lastFrame = 0; this.everUp = false;
+    this.topics = {}; this.gen = {}; this.specs = {}; this.sent = {}; this.lastFrame = 0; this.everUp = false;
     setInterval(() => this.heartbeat(), PING_EVERY_MS);
   }
 
@@ -140,7 +140,7 @@ class Feed {
     if (this.everUp) banner('Disconnected — reconnecting now…');
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
     const ws = new WebSocket(`${proto}://${location.host}/ws`);
-    this.ws = ws; this.topics = {};
+    this.ws = ws; this.topics = {}; this.sent = {};
     ws.onopen = () => ws.send(JSON.stringify({ action: 'auth', token: state.token, id: 'auth' }));
     ws.onmessage = (e) => { if (ws === this.ws) { this.lastFrame = Date.now(); this.onMessage(JSON.parse(e.data)); } };
     ws.onclose = (e) => {
@@ -176,7 +176,9 @@ class Feed {
     delete this.topics[role];
     this.gen[role] = (this.gen[role] || 0) + 1;
     this.specs[role] = spec;
-    this.send({ action: 'subscribe', id: `${role}#${this.gen[role]}`, ...spec });
+    const id = `${role}#${this.gen[role]}`;
+    this.sent[id] = JSON.stringify(spec);
+    this.send({ action: 'subscribe', id, ...spec });
   }
 
   roleOf(topic) { return Object.keys(this.topics).find((r) => this.topics[r] === topic); }
@@ -190,9 +192,21 @@ class Feed {
     }
     if (m.type === 'ack' || m.type === 'error') {
       const [role, gen] = String(m.id ?? '').split('#');
-      if (!role || Number(gen) !== this.gen[role]) return;
-      if (m.type === 'ack' && m.action === 'subscribe') { this.topics[role] = m.subscription; controlsError(role, null); }
-      if (m.type === 'error') controlsError(role, m);
+      if (!role || !(role in this.gen)) return;
+      const current = Number(gen) === this.gen[role];
+      if (m.type === 'ack' && m.action === 'subscribe') {
+        // An older request's ack (sent again on auth, or the controls changed before it came) still subscribed
+        // the server: keep it if it is what the role wants now, else leave it at once.
+        const wanted = this.sent[m.id] === JSON.stringify(this.specs[role]);
+        delete this.sent[m.id];
+        if (current || (wanted && !this.topics[role])) { this.topics[role] = m.subscription; controlsError(role, null); }
+        else if (m.subscription !== this.topics[role]) this.send({ action: 'unsubscribe', subscription: m.subscription });
+        return;
+      }
+      if (current && m.type === 'error') {
+        delete this.sent[m.id];
+        if (!(m.code === 'already_subscribed' && this.topics[role])) controlsError(role, m);
+      }
       return;
     }
     if (m.type === 'order') { onOrderEvent(m.data); return; }
