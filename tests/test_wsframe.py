@@ -70,8 +70,9 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
     async with run_gateway(redis_url, app=app, uvicorn_options=options) as base:
         async with connect(base.replace("http://", "ws://") + "/probe") as p:
             assert (await p.recv()) == ("sink" if sink_expected else "asgi")
-        async with ws_client(base, tok=token()) as c:
-            await feed.status("binance")
+        # binance stays live however slowly a loaded machine gets through the 200 trades (stale_after_s)
+        async with ws_client(base, tok=token()) as c, feed.heartbeats("binance"):
+            await feed.status("binance")  # ahead of the bbo on the gateway's one pub/sub connection
             await c.subscribe(stream="trades", symbol="BTCUSDT", exchange="all")
             await c.subscribe(stream="best_touch", symbol="BTCUSDT", exchange="binance")
             sent = []
@@ -79,6 +80,10 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
                 ex = ("binance", "okx")[i % 2]
                 sent.append(await feed.trade(ex, "BTCUSDT", f"64000.{i:02d}", "0.5", trade_id=f"t{i}"))
             await feed.bbo("binance", "BTCUSDT", "64000.10", "1", "64000.20", "2")
+            # The bbo reaches the gateway over Redis and the ping over the WebSocket: nothing orders the two
+            # (Redis may answer PUBLISH before it writes the message to the subscriber), so a pong is no
+            # barrier for it. Its touch comes after every trade (one pub/sub connection, one client queue).
+            await c.until(lambda m: m["type"] == "best_touch" and m["data"]["bid_px"] is not None)
             await c.request({"action": "ping", "id": "end"})
             msgs: list[dict[str, Any]] = [orjson.loads(r) for r in c.raw]
             trades = [m["data"]["trade_id"] for m in msgs if m["type"] == "trades"]
@@ -88,3 +93,4 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
             assert touch[-1]["bid_px"] == 64000.10 and touch[-1]["ask_sz"] == 2
             if path == "deflate":
                 assert c.conn.protocol.extensions  # compression really negotiated
+
