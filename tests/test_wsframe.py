@@ -3,6 +3,8 @@ the same messages whether frames go straight to the socket (``FrameSink``) or th
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -16,6 +18,7 @@ from websockets.streams import StreamReader
 from gateway.app import create_app
 from gateway.wsframe import as_frame, is_frame, payload_of, text_frame
 from gateway.wsserver import frame_sink
+from shared import names
 from tests.mdfeed import MdFeed
 from tests.servers import make_settings, run_gateway
 from tests.wsclient import token, ws_client
@@ -94,3 +97,33 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
             if path == "deflate":
                 assert c.conn.protocol.extensions  # compression really negotiated
 
+
+async def test_a_bbo_the_gateway_reads_after_answering_a_ping_still_reaches_the_client(
+        redis_url: str, aredis: aioredis.Redis) -> None:
+    """The interleaving behind the old flaky failure above (pong before the touch), held on purpose: Redis has
+    answered the PUBLISH but the gateway reads the message only after it has answered the client's ping."""
+    app = create_app(make_settings(redis_url))
+    feed = MdFeed(aredis)
+    async with run_gateway(redis_url, app=app) as base:
+        hub = app.state.market.hub
+        dispatch, release = hub._dispatch, asyncio.Event()
+
+        def held(channel: str, raw: bytes) -> Awaitable[None] | None:
+            if channel != names.md_channel("bbo", "binance", "BTCUSDT"):
+                return dispatch(channel, raw)
+
+            async def later() -> None:
+                await release.wait()
+                dispatch(channel, raw)
+            return later()
+
+        hub._dispatch = held
+        async with ws_client(base, tok=token()) as c, feed.heartbeats("binance"):
+            await feed.status("binance")
+            await c.subscribe(stream="best_touch", symbol="BTCUSDT", exchange="binance")
+            await feed.bbo("binance", "BTCUSDT", "64000.10", "1", "64000.20", "2")
+            await c.request({"action": "ping", "id": "end"})
+            assert [m["data"]["bid_px"] for m in map(orjson.loads, c.raw) if m["type"] == "best_touch"] == [None]
+            release.set()
+            d = (await c.until(lambda m: m["type"] == "best_touch"))["data"]
+            assert (d["bid_px"], d["ask_sz"], d["live"]) == (64000.10, 2, ["binance"])
