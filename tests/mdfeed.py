@@ -62,9 +62,12 @@ class MdFeed:
         """Publish ``up`` for the exchanges every ``every_s``; remove one from the yielded set to stop it (and
         ``"matcher"`` to stop the matcher heartbeat)."""
         alive = set(exchanges) | ({"matcher"} if matcher else set())
+        stopping = False
 
         async def beat() -> None:
-            while True:
+            # ``stopping``, not only the cancel: a cancel landing inside a Redis call has been seen to come out
+            # as an error the suppress below swallows, and the loop then beat on and ``await task`` hung
+            while not stopping:
                 for ex in sorted(alive):
                     # a beat lost while Redis is away (fault tests restart it) is simply skipped, as an ingestor's
                     with contextlib.suppress(RedisError, OSError):
@@ -78,6 +81,7 @@ class MdFeed:
         try:
             yield alive
         finally:
+            stopping = True
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

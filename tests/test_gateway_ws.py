@@ -261,8 +261,11 @@ async def test_trades_stream_per_exchange_filter(redis_url: str, aredis: aioredi
             await feed.trade("okx", "ETHUSDT", "3000", "1", "sell"),  # other symbol
             await feed.trade("binance", "XRPUSDT", "0.5122", "3", "sell", trade_id="b2", ts_event_us=12, ts_recv_us=22),
         ]
-        await c.request({"action": "ping"})  # everything before the pong has arrived
         want = [t for t in sent if t.symbol == "XRPUSDT" and exchange in ("all", t.exchange)]
+        # a pong is no barrier for pub/sub data (Redis may answer PUBLISH before it writes to the gateway's
+        # subscription): wait for the last trade, then the pong shows nothing else followed it
+        await c.until(lambda m: m["type"] == "trades" and m["data"]["trade_id"] == want[-1].trade_id)
+        await c.request({"action": "ping"})
         got = [m for m in (orjson.loads(r) for r in c.raw) if m["type"] == "trades"]
         assert [m["data"]["trade_id"] for m in got] == [t.trade_id for t in want]
         for m, t in zip(got, want, strict=True):
@@ -414,10 +417,12 @@ async def test_two_gateways_give_the_same_results(redis_url: str, aredis: aiored
                 await c.subscribe(**s)
         t = (time.time_ns() // 1000 // (10 * S) - 1) * 10 * S
         for i in range(20):
-            await feed.trade("okx" if i % 3 else "binance", "SOLUSDT", f"150.{i:02d}", f"0.{i + 1}",
-                             ts_event_us=t + i * 700_000)
+            last = await feed.trade("okx" if i % 3 else "binance", "SOLUSDT", f"150.{i:02d}", f"0.{i + 1}",
+                                    ts_event_us=t + i * 700_000)
         out = []
         for c in (c1, c2):
+            # the last trade first: a pong is no barrier for pub/sub data
+            await c.until(lambda m: m["type"] == "trades" and m["data"]["trade_id"] == last.trade_id)
             await c.request({"action": "ping"})
             out.append([r for r in c.raw if '"trades"' in r or '"closed":true' in r])
         assert out[0] == out[1] and len(out[0]) >= 20

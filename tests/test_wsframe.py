@@ -3,6 +3,7 @@ the same messages whether frames go straight to the socket (``FrameSink``) or th
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from websockets.streams import StreamReader
 from gateway.app import create_app
 from gateway.realtime.frames import as_frame, is_frame, payload_of, text_frame
 from gateway.realtime.server import frame_sink
+from shared import names
 from tests.mdfeed import MdFeed
 from tests.servers import make_settings, run_gateway
 from tests.wsclient import token, ws_client
@@ -70,8 +72,9 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
     async with run_gateway(redis_url, app=app, uvicorn_options=options) as base:
         async with connect(base.replace("http://", "ws://") + "/probe") as p:
             assert (await p.recv()) == ("sink" if sink_expected else "asgi")
-        async with ws_client(base, tok=token()) as c:
-            await feed.status("binance")
+        # binance stays live however slowly a loaded machine gets through the 200 trades (stale_after_s)
+        async with ws_client(base, tok=token()) as c, feed.heartbeats("binance"):
+            await feed.status("binance")  # ahead of the bbo on the gateway's one pub/sub connection
             await c.subscribe(stream="trades", symbol="BTCUSDT", exchange="all")
             await c.subscribe(stream="best_touch", symbol="BTCUSDT", exchange="binance")
             sent = []
@@ -79,6 +82,10 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
                 ex = ("binance", "okx")[i % 2]
                 sent.append(await feed.trade(ex, "BTCUSDT", f"64000.{i:02d}", "0.5", trade_id=f"t{i}"))
             await feed.bbo("binance", "BTCUSDT", "64000.10", "1", "64000.20", "2")
+            # The bbo reaches the gateway over Redis and the ping over the WebSocket: nothing orders the two
+            # (Redis may answer PUBLISH before it writes the message to the subscriber), so a pong is no
+            # barrier for it. Its touch comes after every trade (one pub/sub connection, one client queue).
+            await c.until(lambda m: m["type"] == "best_touch" and m["data"]["bid_px"] is not None)
             await c.request({"action": "ping", "id": "end"})
             msgs: list[dict[str, Any]] = [orjson.loads(r) for r in c.raw]
             trades = [m["data"]["trade_id"] for m in msgs if m["type"] == "trades"]
@@ -88,3 +95,37 @@ async def test_same_messages_in_order_on_every_send_path(redis_url: str, aredis:
             assert touch[-1]["bid_px"] == 64000.10 and touch[-1]["ask_sz"] == 2
             if path == "deflate":
                 assert c.conn.protocol.extensions  # compression really negotiated
+
+
+async def test_a_bbo_the_gateway_reads_after_answering_a_ping_still_reaches_the_client(
+        redis_url: str, aredis: aioredis.Redis) -> None:
+    """The interleaving behind the old flaky failure above (pong before the touch), held on purpose: Redis has
+    answered the PUBLISH but the gateway reads the message only after it has answered the client's ping."""
+    app = create_app(make_settings(redis_url))
+    feed = MdFeed(aredis)
+    async with run_gateway(redis_url, app=app) as base:
+        hub = app.state.market.hub
+        dispatch, held_back = hub._dispatch, list[tuple[str, bytes]]()
+
+        def held(channel: str, raw: bytes) -> None:
+            if channel == names.md_channel("bbo", "binance", "BTCUSDT"):
+                held_back.append((channel, raw))
+            else:
+                dispatch(channel, raw)
+
+        hub._dispatch = held
+        async with ws_client(base, tok=token()) as c, feed.heartbeats("binance"):
+            await feed.status("binance")
+            await c.subscribe(stream="best_touch", symbol="BTCUSDT", exchange="binance")
+            await feed.bbo("binance", "BTCUSDT", "64000.10", "1", "64000.20", "2")
+            await c.request({"action": "ping", "id": "end"})
+            assert [m["data"]["bid_px"] for m in map(orjson.loads, c.raw) if m["type"] == "best_touch"] == [None]
+            for _ in range(500):  # the gateway reads the bbo from Redis (and holds it, here)
+                if held_back:
+                    break
+                await asyncio.sleep(0.01)
+            assert held_back, "the gateway never read the bbo"
+            for channel, raw in held_back:
+                dispatch(channel, raw)
+            d = (await c.until(lambda m: m["type"] == "best_touch"))["data"]
+            assert (d["bid_px"], d["ask_sz"], d["live"]) == (64000.10, 2, ["binance"])
