@@ -1,6 +1,7 @@
 """A small supervisor: starts the processes, prefixes their output, reports a death loudly and restarts it,
 stops everything on Ctrl-C / SIGTERM. The embedded redis-server is supervised too: restarted on the same port and
-data directory (its AOF) when it dies. Every (re)start rewrites ``<data>/pids.json`` (name -> pid)."""
+data directory (its AOF) when it dies. Every (re)start rewrites ``<data>/pids.json`` (name -> pid). One launcher
+per data directory: it holds ``<data>/launcher.lock`` all its life; a second one refuses."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import lock
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import ROOT, SettingsError, load_settings
 
@@ -188,6 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launcher", description="Start Simple Router (every process).")
     ap.add_argument("--feed", choices=["live", "sim"], default=os.environ.get("FEED", "live") or "live")
     args = ap.parse_args(argv)
+    try:
+        with lock.hold(DATA):  # held for the launcher's whole life: nothing starts without it
+            return run(args.feed)
+    except lock.AlreadyRunning as e:
+        print(f"launcher: {e}", file=sys.stderr, flush=True)
+        return 3
+
+
+def run(feed: str) -> int:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     try:
@@ -206,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"using Redis at {settings.redis.url}")
     if not settings.auth.jwt_secret:
         env["JWT_SECRET"] = jwt_secret()
-    procs = build(args.feed, env)
-    say(f"feed={args.feed}; REST and WebSocket on http://{settings.gateway.host}:{settings.gateway.port} "
+    procs = build(feed, env)
+    say(f"feed={feed}; REST and WebSocket on http://{settings.gateway.host}:{settings.gateway.port} "
         f"(docs at /docs)")
     try:
         return asyncio.run(Launcher(procs, env, redis=redis_srv, pids_file=DATA / "pids.json").run())

@@ -42,14 +42,23 @@ class Launched:
             time.sleep(0.2)
 
 
+LAUNCHER = [sys.executable, "-m", "launcher", "--feed", "sim"]
+
+
+def launcher_env(tmp: Path, port: int) -> dict[str, str]:
+    """The environment of a launcher with its data in ``tmp / "data"`` and its gateway on ``port``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET")}
+    env.update(SR_DATA_DIR=str(tmp / "data"), PORT=str(port), SR_AUTH__BCRYPT_ROUNDS="4")
+    return env
+
+
 @contextlib.contextmanager
 def launch(tmp: Path) -> Iterator[Launched]:
     """Start ``python -m launcher --feed sim`` with its data in ``tmp``; on exit, Ctrl-C it (SIGKILL after 30 s)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "JWT_SECRET")}
-    env.update(SR_DATA_DIR=str(tmp / "data"), PORT=str(port), SR_AUTH__BCRYPT_ROUNDS="4")
+    env = launcher_env(tmp, port)
     with open(tmp / "launcher.log", "w+b") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher", "--feed", "sim"], cwd=ROOT, env=env,
+        proc = subprocess.Popen(LAUNCHER, cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield Launched(proc, port, log)

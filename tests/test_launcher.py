@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from websockets.sync.client import connect
 
 from shared import tokens
-from tests.launcher_helpers import Launched, launch
+from shared.embedded_redis import free_port
+from shared.settings import ROOT
+from tests.launcher_helpers import LAUNCHER, Launched, launch, launcher_env
 
 
 @pytest.fixture
@@ -42,6 +48,65 @@ def test_run_sim_starts_everything_and_ctrl_c_stops_it(launched: Launched, tmp_p
         assert f"started {name}" in out, out[-3000:]
     assert "all processes stopped" in out and "redis-server stopped" in out
     assert "DIED" not in out, out[-3000:]
+
+
+@pytest.mark.timeout(180)
+def test_a_second_launcher_on_the_same_data_dir_refuses_and_the_first_carries_on(launched: Launched,
+                                                                                  tmp_path: Path) -> None:
+    launched.wait_health(60)
+    before = _pids(tmp_path)
+    t0 = time.monotonic()
+    second = subprocess.run(LAUNCHER, cwd=ROOT, env=launcher_env(tmp_path, free_port()), capture_output=True,
+                            stdin=subprocess.DEVNULL, timeout=30, start_new_session=True)
+    assert time.monotonic() - t0 < 15, "the second launcher took its time to refuse"
+    assert second.returncode == 3, second
+    data = (tmp_path / "data").resolve()
+    assert second.stderr.decode() == (f"launcher: another launcher (pid {launched.proc.pid}) is running on data "
+                                      f"directory {data}; stop it first\n")
+    assert second.stdout == b"", "the second launcher started something before refusing"
+    assert _pids(tmp_path) == before  # no second redis-server, no second matcher
+    assert launched.proc.poll() is None
+    assert httpx.get(f"{launched.url}/health", timeout=5).status_code == 200
+    launched.log.seek(0)
+    assert b"DIED" not in launched.log.read()
+
+
+@pytest.mark.timeout(240)
+def test_a_kill_9d_launcher_leaves_no_stale_lock(tmp_path: Path) -> None:
+    with launch(tmp_path) as first:
+        first.wait_health(60)
+        children = _pids(tmp_path)
+        os.kill(first.proc.pid, signal.SIGKILL)
+        assert first.proc.wait(10) == -signal.SIGKILL
+        _kill_orphans(first.proc.pid, children)
+    with launch(tmp_path) as again:
+        again.wait_health(60)
+        assert (tmp_path / "data" / "launcher.lock").read_text() == f"{again.proc.pid}\n"
+        again.proc.send_signal(signal.SIGINT)
+        assert again.proc.wait(30) == 0
+    assert (tmp_path / "data" / "launcher.lock").read_text() == ""  # released on a clean exit
+
+
+def _pids(tmp: Path) -> dict[str, int]:
+    pids: dict[str, int] = json.loads((tmp / "data" / "pids.json").read_text())
+    return pids
+
+
+def _kill_orphans(launcher_pid: int, children: dict[str, int], within: float = 15) -> None:
+    """What a kill -9 of the launcher leaves behind, all started by this test: redis-server in the launcher's own
+    process group, every other child in a session (and group) of its own, with its workers."""
+    groups = {launcher_pid} | {pid for name, pid in children.items() if name != "redis"}
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + within
+    for pid in children.values():
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
 
 
 def _market_data_flows(redis_port: int, within: float = 30) -> None:
