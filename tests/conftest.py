@@ -10,6 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from shared.embedded_cluster import EmbeddedCluster, NoClusterServer, cluster_server_binary
 from shared.embedded_redis import EmbeddedRedis
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "exchange-captures"
@@ -46,6 +47,33 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield r
     finally:
         await r.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster on loopback for the session: 3 masters, ``SR_TEST_CLUSTER_REPLICAS`` (1) replicas each.
+
+    Started only when a test asks for it (about 2-4 s). Tests that kill or fail over nodes start their own
+    ``EmbeddedCluster`` so that this one keeps its formed topology.
+    """
+    try:
+        binary = cluster_server_binary()
+    except NoClusterServer as e:
+        pytest.skip(f"no Redis >= 7 / Valkey server for a cluster: {e}")
+    replicas = int(os.environ.get("SR_TEST_CLUSTER_REPLICAS", "1"))
+    cluster = EmbeddedCluster(3, replicas, base_dir=tmp_path_factory.mktemp("cluster"), binary=binary)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: EmbeddedCluster) -> str:
+    """The session cluster's seed URL, every master FLUSHALLed first (replicas follow their masters)."""
+    redis_cluster.flushall()
+    return redis_cluster.seed_url
 
 
 @pytest.fixture(scope="session")
