@@ -1,7 +1,7 @@
 """Which pairs this process serves, and how they are spread over exchange connections. Pure: no I/O.
 
 - ``select_pairs``: every configured pair, an explicit list, or the ``i``-th of ``n`` shards (pairs sorted by
-  our symbol, pair ``k`` going to shard ``k % n + 1``), so shards are disjoint, cover every pair, and do not
+  our symbol, the ``k``-th going to shard ``k % n + 1``), so shards are disjoint, cover every pair, and do not
   depend on the order of the configuration file.
 - ``split_evenly``: contiguous chunks of at most ``max_per_chunk``, as equal as possible; the exchange modules
   (``binance.plan_connections``, ``okx.plan_connections``) use it to turn pairs into ``ConnectionPlan``s that
@@ -47,18 +47,17 @@ def parse_shard(text: str) -> Shard | None:
 
 
 def select_pairs(pairs: Sequence[Pair], shard: Shard | None = None, only: Sequence[str] = ()) -> list[Pair]:
-    """The pairs one process serves, sorted by symbol. ``only`` (our symbols) first narrows the list; the
-    shard then takes every ``count``-th of what is left, starting at its ``index``."""
-    by_symbol = {p.symbol: p for p in pairs}
+    """The pairs one process serves. ``only`` (our symbols) narrows the list, kept in the configured order; a
+    shard then sorts what is left by symbol and takes every ``count``-th, starting at its ``index``."""
+    chosen = list(pairs)
     if only:
-        unknown = sorted(set(only) - set(by_symbol))
+        wanted = set(only)
+        unknown = sorted(wanted - {p.symbol for p in pairs})
         if unknown:
             raise ValueError(f"not configured pairs: {unknown}")
-        chosen = [by_symbol[s] for s in sorted(set(only))]
-    else:
-        chosen = [by_symbol[s] for s in sorted(by_symbol)]
+        chosen = [p for p in chosen if p.symbol in wanted]
     if shard is not None:
-        chosen = chosen[shard.index - 1::shard.count]
+        chosen = sorted(chosen, key=lambda p: p.symbol)[shard.index - 1::shard.count]
     return chosen
 
 
