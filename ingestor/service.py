@@ -176,7 +176,9 @@ class Ingestor:
                 stats.last_md_us = ts_recv_us
                 link = self._current
                 link.last_md_us = ts_recv_us
-                if link.feed != "up":
+                # Not up: this frame may make it so (at once, not at the next tick). A link that is already up
+                # cannot, so frames never pay for the state machine while another link is down.
+                if self.state != "up" and link.feed != "up":
                     self.evaluate(ts_recv_us)
             return None
         assert isinstance(res, Control)
