@@ -1,7 +1,10 @@
-"""Binance spot: combined-stream URL and the pure frame parser.
+"""Binance spot: connection planning (combined-stream URL + SUBSCRIBE frames) and the pure frame parser.
 
-All streams go in the URL (``<ws_url>/stream?streams=a/b/c``), so we never send a message and stay far
-under Binance's 5 incoming messages/s (websockets answers the server's pings by itself). Per pair:
+``plan_connections`` spreads the pairs over as few connections as Binance's 1024 streams per connection
+allow (whole pairs per connection, sizes balanced). On each connection the first streams go in the URL
+(``<ws_url>/stream?streams=a/b/c``) up to ``MAX_URL_CHARS``; the rest are added with ``SUBSCRIBE`` frames of at
+most ``SUBSCRIBE_MAX_PARAMS`` streams, ``SUBSCRIBE_PACE_S`` apart, so that with websockets' automatic pongs
+we stay under Binance's 5 incoming messages/s. A few pairs fit in the URL alone: no message is sent. Per pair:
 
 - ``<sym>@bookTicker``        -> ``BBO`` (no event time on spot: ``ts_event_us`` is the receive time)
 - ``<sym>@depth<N>@100ms``    -> ``Book`` (no symbol in the payload: taken from the wrapper's ``stream``)
@@ -10,7 +13,10 @@ under Binance's 5 incoming messages/s (websockets answers the server's pings by 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from ingestor.parsing import (
     MALFORMED,
@@ -26,30 +32,91 @@ from ingestor.parsing import (
     size,
     trade_size,
 )
+from ingestor.planning import ConnectionPlan, split_evenly
 from shared.schema import BBO, Book, Trade
-from shared.settings import Settings
+from shared.settings import Pair, Settings
 
 EXCHANGE = "binance"
-MAX_STREAMS = 1024  # per connection
+
+# Binance Spot limits (binance-spot-api-docs, web-socket-streams.md, "WebSocket Limits"; ../shared/EXCHANGES.md):
+# a connection listens to at most 1024 streams; it may send at most 5 messages per second (pings, pongs and
+# SUBSCRIBE/UNSUBSCRIBE frames all count; over that it is disconnected); 300 connection attempts per 5 minutes
+# per IP.
+MAX_STREAMS = 1024
+MAX_INCOMING_PER_S = 5
+CONNECTS_PER_5_MIN = 300
+# One SUBSCRIBE every 0.35 s is under 3 messages/s: a pong websockets sends on its own in the same second
+# still leaves us under 5.
+SUBSCRIBE_PACE_S = 0.35
+# Streams per SUBSCRIBE frame: Binance documents no cap; 200 names are ~5 KB, a small frame.
+SUBSCRIBE_MAX_PARAMS = 200
+# The URL length is not documented; handshakes longer than ~8000 characters are refused (measured at 8004 by
+# unicorn-binance-websocket-api, issue #17), and many HTTP servers cap the request line at 8 KiB (the websockets
+# library too). We keep every URL under half of that and SUBSCRIBE the rest.
+MAX_URL_CHARS = 4096
+# Between two dials of this process's connections (also redials): at most 4/s, well within 300 per 5 min,
+# while the backoff keeps reconnect storms far below.
+CONNECT_INTERVAL_S = 0.25
+STREAMS_PER_PAIR = 3
+
+
+def pair_streams(pair: Pair, depth: int) -> tuple[str, str, str]:
+    """A pair's streams: bookTicker, partial depth, trade (names are the exchange symbol in lowercase)."""
+    s = pair.binance.lower()
+    return f"{s}@bookTicker", f"{s}@depth{depth}@100ms", f"{s}@trade"
 
 
 def stream_table(settings: Settings) -> dict[str, tuple[str, str]]:
     """Stream name -> (kind, our symbol), from the configured pair mapping."""
     depth = settings.binance.depth_levels
     table: dict[str, tuple[str, str]] = {}
-    for ex_sym, sym in settings.exchange_symbols(EXCHANGE).items():
-        s = ex_sym.lower()  # Binance stream names are the exchange symbol in lowercase
-        table[f"{s}@bookTicker"] = ("bbo", sym)
-        table[f"{s}@depth{depth}@100ms"] = ("book", sym)
-        table[f"{s}@trade"] = ("trade", sym)
+    for p in settings.pairs:
+        book_ticker, depth_stream, trade = pair_streams(p, depth)
+        table[book_ticker] = ("bbo", p.symbol)
+        table[depth_stream] = ("book", p.symbol)
+        table[trade] = ("trade", p.symbol)
     return table
 
 
+def _url(base: str, streams: Sequence[str], max_chars: int) -> tuple[str, int]:
+    """The combined-stream URL with as many of ``streams`` (at least one) as fit in ``max_chars``."""
+    url = base + "/stream?streams=" + streams[0]
+    n = 1
+    for name in streams[1:]:
+        if len(url) + 1 + len(name) > max_chars:
+            break
+        url += "/" + name
+        n += 1
+    return url, n
+
+
+def plan_connections(settings: Settings, pairs: Sequence[Pair], *, max_url_chars: int = MAX_URL_CHARS,
+                     subscribe_max_params: int = SUBSCRIBE_MAX_PARAMS) -> list[ConnectionPlan]:
+    """The connections for ``pairs``: whole pairs per connection, at most
+    ``min(MAX_STREAMS, binance.max_streams_per_connection)`` streams each."""
+    max_streams = min(MAX_STREAMS, settings.binance.max_streams_per_connection)
+    pairs_per_conn = max(1, max_streams // STREAMS_PER_PAIR)
+    base = settings.binance.ws_url.rstrip("/")
+    depth = settings.binance.depth_levels
+    plans: list[ConnectionPlan] = []
+    for i, chunk in enumerate(split_evenly(pairs, pairs_per_conn)):
+        streams = [name for p in chunk for name in pair_streams(p, depth)]
+        url, in_url = _url(base, streams, max_url_chars)
+        rest = streams[in_url:]
+        frames = tuple(
+            orjson.dumps({"method": "SUBSCRIBE", "params": rest[j:j + subscribe_max_params], "id": k + 1}).decode()
+            for k, j in enumerate(range(0, len(rest), subscribe_max_params)))
+        plans.append(ConnectionPlan(i, tuple(p.symbol for p in chunk), tuple(streams), url, frames,
+                                    SUBSCRIBE_PACE_S if frames else 0.0, in_url))
+    return plans
+
+
 def build_url(settings: Settings) -> str:
-    streams = list(stream_table(settings))
-    if len(streams) > MAX_STREAMS:
-        raise ValueError(f"{len(streams)} Binance streams exceed {MAX_STREAMS} per connection")
-    return f"{settings.binance.ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+    """The URL of the single connection serving every configured pair (all streams in the URL)."""
+    plans = plan_connections(settings, settings.pairs)
+    if len(plans) != 1 or plans[0].subscribe:
+        raise ValueError(f"{len(settings.pairs)} pairs do not fit in one Binance URL: use plan_connections")
+    return plans[0].url
 
 
 class BinanceParser:

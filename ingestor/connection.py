@@ -10,7 +10,9 @@
   (Binance ``serverShutdown``, OKX notice 64008).
 
 Backoff doubles from ``backoff_initial_s`` to ``backoff_max_s`` with jitter and resets once a connection
-lived ``stable_after_s``. Every state change goes to the log and to ``on_state``.
+lived ``stable_after_s``. Every state change goes to the log and to ``on_state``. Several supervisors of one
+exchange share a ``Pacer`` (``connect_gate``) so that their dials, first ones and redials alike, stay under
+the exchange's connection rate (OKX: 3 per second per IP).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,6 +73,29 @@ class Backoff:
         self.attempt = 0
 
 
+class Pacer:
+    """Spaces events at least ``interval_s`` apart across every caller of ``wait()`` (first come, first served)."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._next = 0.0
+        self.waits = 0  # how many callers had to wait (tests, logs)
+
+    def reserve(self) -> float:
+        """Book the next slot; return how long the caller must wait for it."""
+        now = self._clock()
+        at = max(now, self._next)
+        self._next = at + self.interval_s
+        return at - now
+
+    async def wait(self) -> None:
+        delay = self.reserve()
+        if delay > 0:
+            self.waits += 1
+            await asyncio.sleep(delay)
+
+
 class ConnectionSupervisor:
     def __init__(
         self,
@@ -82,7 +107,9 @@ class ConnectionSupervisor:
         on_state: StateHandler | None = None,
         rng: random.Random | None = None,
         open_timeout_s: float = 10.0,
+        connect_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``connect_gate``: awaited before every dial (a shared ``Pacer.wait``)."""
         self.name = name
         self.endpoint = endpoint
         self.url = endpoint.url
@@ -95,6 +122,7 @@ class ConnectionSupervisor:
         self.max_lifetime_s = endpoint.max_lifetime_s
         self.on_state = on_state
         self.open_timeout_s = open_timeout_s
+        self.connect_gate = connect_gate
         self.backoff = Backoff(feeds.backoff_initial_s, feeds.backoff_max_s, rng)
         # With a keepalive, silence is normal until the ping; the pong then has idle_timeout_s to come.
         self.idle_timeout_s = feeds.idle_timeout_s
@@ -137,6 +165,10 @@ class ConnectionSupervisor:
             while not self._stopping:
                 self._kick.clear()
                 self._set_state("connecting", self.url)
+                if self.connect_gate is not None:
+                    await self._gate(self.connect_gate)
+                    if self._stopping:
+                        break
                 try:
                     ws = await connect(self.url, open_timeout=self.open_timeout_s, close_timeout=1.0,
                                        max_size=8 * 2**20)
@@ -168,6 +200,17 @@ class ConnectionSupervisor:
                 self.reconnects += 1
         finally:
             self._set_state("stopped", "supervisor stopped")
+
+    async def _gate(self, gate: Callable[[], Awaitable[None]]) -> None:
+        """Wait for our turn to dial, or for stop()."""
+        turn = asyncio.ensure_future(gate())
+        stop = asyncio.ensure_future(self._wait_stop())
+        try:
+            await asyncio.wait({turn, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (turn, stop):
+                t.cancel()
+            await asyncio.gather(turn, stop, return_exceptions=True)
 
     async def _wait_stop(self) -> None:
         while not self._stopping:

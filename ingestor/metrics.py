@@ -27,7 +27,7 @@ class IngestorCollector:
         ing = self.ing
         ex = ing.exchange
         s = ing.stats
-        sup = ing.supervisor
+        sups = ing.supervisors
         pub = ing.publisher
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -46,9 +46,9 @@ class IngestorCollector:
         for reason, n in sorted(dict(s.rejected).items()):
             rejected.add_metric([ex, reason], n)
         yield rejected
-        yield counter("sr_ingestor_reconnects", "Connections redialled", sup.reconnects)
+        yield counter("sr_ingestor_reconnects", "Connections redialled", sum(sup.reconnects for sup in sups))
         yield counter("sr_ingestor_exchange_errors", "Errors the exchange reported (OKX error events)", s.errors)
-        yield counter("sr_ingestor_pings", "Keepalive pings sent", sup.pings_sent)
+        yield counter("sr_ingestor_pings", "Keepalive pings sent", sum(sup.pings_sent for sup in sups))
         yield counter("sr_ingestor_published", "Messages published to Redis", pub.published)
         yield counter("sr_ingestor_dropped", "Messages dropped because Redis was away or too slow", pub.dropped)
         yield counter("sr_ingestor_redis_errors", "Failed publish calls", pub.errors)
@@ -57,10 +57,15 @@ class IngestorCollector:
         for st in FEED_STATES:
             state.add_metric([ex, st], 1.0 if ing.state == st else 0.0)
         yield state
-        connected = GaugeMetricFamily("sr_ingestor_connected", "1 while the exchange connection is up",
+        connected = GaugeMetricFamily("sr_ingestor_connected", "1 while every exchange connection is up",
                                       labels=["exchange"])
         connected.add_metric([ex], 1.0 if ing.conn_state == "connected" else 0.0)
         yield connected
+        conns = GaugeMetricFamily("sr_ingestor_connections", "Exchange connections, by connection state",
+                                  labels=["exchange", "state"])
+        for st in ("connecting", "connected", "disconnected", "stopped"):
+            conns.add_metric([ex, st], float(sum(1 for lk in ing.links if lk.state == st)))
+        yield conns
         if s.last_md_us:
             age = GaugeMetricFamily("sr_ingestor_data_age_seconds", "Seconds since the last market data message",
                                     labels=["exchange"])

@@ -1,7 +1,9 @@
-"""OKX v5 public: subscription requests and the pure frame parser.
+"""OKX v5 public: connection planning (subscribe requests) and the pure frame parser.
 
-On every connect we send one ``subscribe`` request per channel (all pairs in its ``args``), paced
-``SUBSCRIBE_PACE_S`` apart. Channels -> messages:
+``plan_connections`` spreads the pairs over connections of at most ``okx.max_args_per_connection``
+subscriptions (whole pairs, sizes balanced). On every connect each connection sends one ``subscribe`` request
+per channel (its pairs in ``args``, split further if a request would exceed ``REQUEST_BYTES_BUDGET``), paced
+``SUBSCRIBE_PACE_S`` apart; the ingestor opens the connections ``CONNECT_INTERVAL_S`` apart. Channels -> messages:
 
 - ``bbo-tbt`` -> ``BBO``    - ``books5`` -> ``Book``    - ``trades`` -> ``Trade`` (``side`` is the taker's)
 
@@ -12,6 +14,7 @@ and anything else informational. The text ``pong`` answers our keepalive ``ping`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -32,25 +35,67 @@ from ingestor.parsing import (
     trade_id,
     trade_size,
 )
+from ingestor.planning import ConnectionPlan, split_evenly
 from shared.schema import BBO, Book, Trade
-from shared.settings import Settings
+from shared.settings import Pair, Settings
 
 EXCHANGE = "okx"
 CHANNELS = ("bbo-tbt", "books5", "trades")
-MAX_ARGS_PER_REQUEST = 50  # keeps each request far below OKX's 64 KB limit
-SUBSCRIBE_PACE_S = 0.35  # stays under 3 requests/s
+
+# OKX v5 limits (okx.com/docs-v5/en, "WebSocket" > "Overview"/"Subscribe"; ../shared/EXCHANGES.md): 3 connection
+# requests per second per IP; 480 subscribe/unsubscribe/login requests per hour per connection; the channels
+# of one request may total at most 64 KB. No limit on subscriptions per connection is documented for public
+# channels (ours: ``okx.max_args_per_connection``).
+CONNECTS_PER_S = 3
+MAX_REQUESTS_PER_HOUR = 480
+MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_BYTES_BUDGET = 16 * 1024  # a quarter of the limit: a few hundred args per request
+SUBSCRIBE_PACE_S = 0.35  # under 3 requests/s, should that limit count subscribe requests too
+CONNECT_INTERVAL_S = 0.35  # between two dials of this process's connections (redials too): under 3/s
 PING = "ping"
 NOTICE_RECONNECT = "64008"
 
 
-def subscribe_requests(settings: Settings) -> list[str]:
-    inst_ids = list(settings.exchange_symbols(EXCHANGE))
+def _requests(inst_ids: Sequence[str], budget: int) -> list[str]:
+    """One subscribe request per channel, split where a request would exceed ``budget`` bytes."""
     out: list[str] = []
     for channel in CHANNELS:
-        for i in range(0, len(inst_ids), MAX_ARGS_PER_REQUEST):
-            args = [{"channel": channel, "instId": inst} for inst in inst_ids[i:i + MAX_ARGS_PER_REQUEST]]
+        args: list[dict[str, str]] = []
+        size = 0
+        for inst in inst_ids:
+            arg = {"channel": channel, "instId": inst}
+            # Envelope {"id":"NNNN","op":"subscribe","args":[]} is < 50 bytes; +1 for each comma.
+            n = len(orjson.dumps(arg)) + 1
+            if args and 50 + size + n > budget:
+                out.append(orjson.dumps({"id": str(len(out) + 1), "op": "subscribe", "args": args}).decode())
+                args, size = [], 0
+            args.append(arg)
+            size += n
+        if args:
             out.append(orjson.dumps({"id": str(len(out) + 1), "op": "subscribe", "args": args}).decode())
     return out
+
+
+def subscribe_requests(settings: Settings, pairs: Sequence[Pair] | None = None,
+                       budget: int = REQUEST_BYTES_BUDGET) -> list[str]:
+    """The requests of one connection serving ``pairs`` (default: every configured pair)."""
+    return _requests([p.okx for p in (settings.pairs if pairs is None else pairs)], budget)
+
+
+def plan_connections(settings: Settings, pairs: Sequence[Pair], *,
+                     budget: int = REQUEST_BYTES_BUDGET) -> list[ConnectionPlan]:
+    """The connections for ``pairs``: whole pairs per connection, at most ``okx.max_args_per_connection``
+    (channel, instId) subscriptions each."""
+    pairs_per_conn = max(1, settings.okx.max_args_per_connection // len(CHANNELS))
+    plans: list[ConnectionPlan] = []
+    for i, chunk in enumerate(split_evenly(pairs, pairs_per_conn)):
+        reqs = tuple(subscribe_requests(settings, chunk, budget))
+        if len(reqs) > MAX_REQUESTS_PER_HOUR:
+            raise ValueError(f"{len(reqs)} subscribe requests on one OKX connection exceed {MAX_REQUESTS_PER_HOUR}/h")
+        keys = tuple(f"{ch}:{p.okx}" for ch in CHANNELS for p in chunk)
+        plans.append(ConnectionPlan(i, tuple(p.symbol for p in chunk), keys, settings.okx.ws_url, reqs,
+                                    SUBSCRIBE_PACE_S))
+    return plans
 
 
 class OkxParser:

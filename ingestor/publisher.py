@@ -43,7 +43,8 @@ _LAST_KINDS = frozenset(("bbo", "book"))  # kept as snapshots for newcomers; tra
 
 class Publisher:
     def __init__(self, redis: aioredis.Redis, exchange: str, *, max_batch: int = 2000,
-                 max_pending: int = 200_000) -> None:
+                 max_pending: int = 200_000, status_key: str | None = None) -> None:
+        """``status_key``: the status hash (default ``md:feed:<exchange>``; a shard has its own)."""
         self.redis = redis
         self.exchange = exchange
         self.max_batch = max_batch
@@ -55,7 +56,7 @@ class Publisher:
         self._lock = asyncio.Lock()  # one batch in flight at a time keeps messages in order
         self._routes: dict[tuple[str, str], tuple[bytes, bytes | None]] = {}
         self._status_channel = names.status_channel(exchange).encode()
-        self._status_key = names.status_key(exchange)
+        self._status_key = status_key or names.status_key(exchange)
         self._errlog = RateLimitedLog(log, 10.0)
         self.published = 0
         self.dropped = 0
@@ -97,6 +98,11 @@ class Publisher:
             await self._wake.wait()
             self._wake.clear()
             await self.flush()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancellation that lands inside a command into a connection error (which
+                # flush() counts and survives): honour the cancel here, or shutdown would wait forever.
+                raise asyncio.CancelledError
 
     async def flush(self) -> None:
         """Send everything submitted so far (the run loop, tests, shutdown)."""

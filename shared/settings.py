@@ -138,11 +138,39 @@ class BinanceSettings(_Strict):
     ws_url: str = "wss://stream.binance.com:9443"
     depth_levels: Literal[5, 10, 20] = 10
     max_lifetime_s: float = Field(default=82800, gt=0)
+    # Binance allows 1024 streams per connection (docs/ingestor.md "Connection planning"); lower spreads pairs
+    # over more connections.
+    max_streams_per_connection: int = Field(default=1024, ge=3, le=1024)
 
 
 class OkxSettings(_Strict):
     ws_url: str = "wss://ws.okx.com:8443/ws/v5/public"
     ping_after_s: float = Field(default=20.0, gt=0, lt=30)
+    # Subscription args (channel, instId) per connection; OKX documents no limit for public channels.
+    max_args_per_connection: int = Field(default=300, ge=3, le=100_000)
+
+
+class IngestorSettings(_Strict):
+    """Which pairs one ingestor process serves (docs/ingestor.md "Sharding"); both empty: every pair."""
+
+    shard: str = Field(default="", pattern=r"^([1-9][0-9]*/[1-9][0-9]*)?$")  # "i/n": the i-th of n (1-based)
+    pairs: tuple[str, ...] = ()  # our symbols; "BTCUSDT,ETHUSDT" in the environment
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip().upper() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        if v:
+            i, n = (int(x) for x in v.split("/"))
+            if i > n:
+                raise ValueError(f"shard {v}: i must be between 1 and n")
+        return v
 
 
 class WsSettings(_Strict):
@@ -185,6 +213,7 @@ class Settings(_Strict):
     ws: WsSettings = WsSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    ingestor: IngestorSettings = IngestorSettings()
     pairs: tuple[Pair, ...] = Field(min_length=1)
 
     @field_validator("binance", "okx")
@@ -201,6 +230,9 @@ class Settings(_Strict):
             dup = {s for s in seen if seen.count(s) > 1}
             if dup:
                 raise ValueError(f"pairs: duplicate {attr} {sorted(dup)}")
+        unknown = sorted(set(self.ingestor.pairs) - {p.symbol for p in self.pairs})
+        if unknown:
+            raise ValueError(f"ingestor.pairs: not configured pairs {unknown}")
         return self
 
     _by_symbol: dict[str, Pair] = PrivateAttr(default_factory=dict)

@@ -1,4 +1,5 @@
-"""python -m simulator --binance-port P1 --okx-port P2 [--seed N] [--rate X] [--replay FILE ...] [--speed X]"""
+"""python -m simulator --binance-port P1 --okx-port P2 [--seed N] [--rate X] [--replay FILE ...] [--speed X]
+[--okx-connect-limit N]"""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="random walk (default: on unless --replay)")
     ap.add_argument("--ping-interval", type=float, default=20.0, help="Binance server ping period, s")
     ap.add_argument("--okx-idle-timeout", type=float, default=30.0, help="OKX closes silent clients after, s")
+    ap.add_argument("--okx-connect-limit", type=int, default=0,
+                    help="refuse OKX handshakes beyond N per second with 429 (OKX: 3); 0 = no limit")
     args = ap.parse_args(argv)
     if args.rate <= 0:
         ap.error("--rate must be positive")
@@ -38,7 +41,8 @@ async def run(args: argparse.Namespace) -> None:
     settings = get_settings()
     sim = Simulator(settings=settings, seed=args.seed, rate=args.rate, host=args.host,
                     binance_port=args.binance_port, okx_port=args.okx_port, ping_interval=args.ping_interval,
-                    okx_idle_timeout=args.okx_idle_timeout, replay=args.replay, speed=args.speed, walk=args.walk)
+                    okx_idle_timeout=args.okx_idle_timeout, okx_connect_limit=args.okx_connect_limit,
+                    replay=args.replay, speed=args.speed, walk=args.walk)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -176,8 +178,15 @@ class OkxServer(MarketServer[Key]):
     TRUNCATED = b'{"arg":{"channel":"bbo-tbt","instId":"BTC-USDT"},"data":[{"asks":[["6'
 
     def __init__(self, symbols: dict[str, str], host: str = "127.0.0.1", port: int = 0,
-                 idle_timeout: float = 30.0, model: MarketModel | None = None, seed: int = 0) -> None:
+                 idle_timeout: float = 30.0, model: MarketModel | None = None, seed: int = 0,
+                 connect_limit: int = 0) -> None:
+        """``connect_limit``: refuse handshakes beyond this many per second with HTTP 429, as OKX limits
+        connection requests to 3/s per IP (0: no limit)."""
         super().__init__(symbols, host, port, model)
+        self.connect_limit = connect_limit
+        self._handshakes: deque[float] = deque()
+        self.connect_refusals = 0
+        self.requests_by_conn: dict[int, int] = {}  # subscribe/unsubscribe requests per connection id
         self.feed = OkxFeed(symbols)
         self.known = set(symbols.values())
         self.extra_args: set[Key] = set()  # (channel, instId) present in replay files
@@ -196,6 +205,14 @@ class OkxServer(MarketServer[Key]):
     def route(self, request: Request) -> tuple[object, Response | None]:
         if urlsplit(request.path).path.rstrip("/") != PATH:
             return None, refusal(404, "Not Found", "text/plain")
+        if self.connect_limit:
+            now = time.monotonic()
+            while self._handshakes and self._handshakes[0] <= now - 1.0:
+                self._handshakes.popleft()
+            if len(self._handshakes) >= self.connect_limit:
+                self.connect_refusals += 1
+                return None, refusal(429, "Too Many Requests", "text/plain")
+            self._handshakes.append(now)
         return PATH, None
 
     def on_open(self, conn: Conn[Key]) -> None:
@@ -206,6 +223,7 @@ class OkxServer(MarketServer[Key]):
             self.pings_received += 1
             self.enqueue(conn, b"pong")
             return
+        self.requests_by_conn[conn.id] = self.requests_by_conn.get(conn.id, 0) + 1
         state = SubState(dict(conn.subs))
         replies = apply_request(msg, state, self.valid_arg, conn.conn_id)
         for key in list(conn.subs):

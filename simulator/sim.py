@@ -44,6 +44,7 @@ class Simulator:
         walk: bool | None = None,
         replay_wait: bool = True,
         replay_autostart: bool = True,
+        okx_connect_limit: int = 0,
     ) -> None:
         self.settings = settings or load_settings()
         self.seed = seed
@@ -59,7 +60,7 @@ class Simulator:
                                      ping_interval=ping_interval, pong_timeout=pong_timeout,
                                      msg_limit=binance_msg_limit, model=self.model)
         self.okx = OkxServer({p.symbol: p.okx for p in pairs}, host, okx_port, idle_timeout=okx_idle_timeout,
-                             model=self.model, seed=seed)
+                             model=self.model, seed=seed, connect_limit=okx_connect_limit)
         self.replay_done = asyncio.Event()
         self.replayed_frames = 0
         self._tasks: list[asyncio.Task[Any]] = []

@@ -90,3 +90,24 @@ async def wait_for(cond: Callable[[], bool], within_s: float = 5.0, what: str = 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def many_pairs_toml(n: int, quote: str = "USDT") -> str:
+    """``n`` synthetic pairs ``P000USDT``, ``P001USDT``... (base ``P000``, OKX ``P000-USDT``), listed in reverse
+    order so that nothing may rely on the file's order."""
+    out = []
+    for i in reversed(range(n)):
+        base = f"P{i:03d}"
+        out.append(f'[[pairs]]\nsymbol = "{base}{quote}"\nbase = "{base}"\nquote = "{quote}"\nbinance = "{base}{quote}"\n'
+                   f'okx = "{base}-{quote}"\ntick_size = "0.01"\nlot_step = "0.001"\nmin_notional = "5"\n')
+    return "\n".join(out)
+
+
+def many_pairs_config(tmp_path: Path, n: int) -> Path:
+    cfg = tmp_path / f"config-{n}-pairs.toml"
+    cfg.write_text(many_pairs_toml(n))
+    return cfg
+
+
+def many_pairs_settings(tmp_path: Path, n: int, **env: str) -> Settings:
+    return load_settings(many_pairs_config(tmp_path, n), env=env)

@@ -237,3 +237,101 @@ async def test_process_runs_and_stops_cleanly_on_sigterm(tmp_path: Path, redis_u
                 await proc.wait()
     assert proc.returncode == 0, err.decode()[-2000:]
     assert await aredis.hget(names.status_key("okx"), "state") == b"down"
+
+
+# --- several connections ---------------------------------------------------------------------------------
+
+
+def _ticker(sym: str) -> dict:
+    return {**TICKER, "s": sym}
+
+
+async def test_pairs_spread_over_connections_status_is_the_worst_connection(tmp_path: Path,
+                                                                             aredis: aioredis.Redis) -> None:
+    """6 pairs at 9 streams per connection: 2 Binance connections feeding one publisher; the shard's status hash
+    has its own key and per-connection fields; one connection down makes the feed down."""
+    from ingestor.planning import Shard, feed_status_key, select_pairs, status_suffix
+    from tests.ingestor_helpers import many_pairs_settings
+
+    drop = asyncio.Event()
+
+    async def exchange(ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request else ""
+        streams = path.split("streams=", 1)[1].split("/")
+        n = srv.connections
+        for name in streams:
+            if name.endswith("@bookTicker"):
+                await ws.send(bn(name, _ticker(name.split("@")[0].upper())).decode())
+        if n == 2:
+            await drop.wait()
+            await ws.close()
+            return
+        while True:  # keep the first connection fresh
+            await asyncio.sleep(0.05)
+            await ws.send(bn(streams[0], _ticker(streams[0].split("@")[0].upper())).decode())
+
+    async with scripted_server(exchange) as srv:
+        settings = many_pairs_settings(tmp_path, 12, **{
+            **FAST, "BINANCE_WS_URL": srv.url, "SR_BINANCE__MAX_STREAMS_PER_CONNECTION": "9",
+            "SR_FEEDS__STALE_AFTER_S": "5", "SR_FEEDS__BACKOFF_INITIAL_S": "30", "SR_FEEDS__BACKOFF_MAX_S": "30"})
+        shard = Shard(1, 2)
+        pairs = select_pairs(settings.pairs, shard)
+        assert [p.symbol for p in pairs] == [f"P{i:03d}USDT" for i in range(0, 12, 2)]
+        ing = Ingestor(settings, "binance", aredis, pairs=pairs, status_suffix=status_suffix(shard))
+        assert len(ing.links) == 2
+        key = feed_status_key("binance", "1/2")
+        async with running(ing):
+            await wait_for(lambda: ing.stats.messages["bbo"] >= 6 and ing.state == "up", what="6 bbo, feed up")
+            ing.publish_status(now_us())
+            await ing.publisher.flush()
+            up = await aredis.hgetall(key)
+            drop.set()
+            await wait_for(lambda: ing.state == "down", what="down with one connection of two closed")
+            reason = ing.reason
+            ing.publish_status(now_us())
+            await ing.publisher.flush()
+            down = await aredis.hgetall(key)
+        for p in pairs:
+            assert await aredis.exists(names.md_last_key("bbo", "binance", p.symbol))
+        assert not await aredis.exists(names.status_key("binance"))  # a shard never writes the exchange's hash
+    assert srv.connections == 2
+    assert sorted(srv.paths)[0].startswith("/stream?streams=p000usdt@bookTicker/p000usdt@depth10@100ms/")
+    assert (up[b"state"], up[b"connections"], up[b"connections_up"], up[b"shard"]) == (b"up", b"2", b"2", b"1/2")
+    assert (up[b"conn1_pairs"], up[b"conn2_pairs"], up[b"conn2_subscriptions"], up[b"pairs"]) == (b"3", b"3", b"9", b"6")
+    assert reason.startswith("connection 2/2: disconnected"), reason
+    assert (down[b"state"], down[b"connection"], down[b"connections_up"]) == (b"down", b"disconnected", b"1")
+    assert down[b"conn1_state"] == b"up" and down[b"conn2_state"] == b"down"
+
+
+async def test_okx_connections_are_dialled_apart(tmp_path: Path, aredis: aioredis.Redis) -> None:
+    """OKX allows 3 connection requests/s per IP: 4 planned connections are opened CONNECT_INTERVAL_S apart."""
+    from ingestor import okx
+    from tests.ingestor_helpers import many_pairs_settings
+
+    opened: list[float] = []
+    subs: list[list[dict]] = []
+
+    async def exchange(ws: ServerConnection) -> None:
+        opened.append(asyncio.get_running_loop().time())
+        got: list[dict] = []
+        subs.append(got)
+        async for msg in ws:
+            if msg == "ping":
+                await ws.send("pong")
+                continue
+            req = orjson.loads(msg)
+            got.append(req)
+            for arg in req["args"]:
+                await ws.send(orjson.dumps({"id": req["id"], "event": "subscribe", "arg": arg}).decode())
+
+    async with scripted_server(exchange) as srv:
+        settings = many_pairs_settings(tmp_path, 8, **FAST, OKX_WS_URL=srv.url, SR_OKX__MAX_ARGS_PER_CONNECTION="6")
+        ing = Ingestor(settings, "okx", aredis)
+        assert len(ing.links) == 4
+        async with running(ing):
+            await wait_for(lambda: sum(len(s) for s in subs) == 12, what="3 requests on each of 4 connections")
+            assert ing.subscribed == 24
+    gaps = [b - a for a, b in zip(opened, opened[1:], strict=False)]
+    assert len(opened) == 4 and min(gaps) >= okx.CONNECT_INTERVAL_S * 0.9, gaps
+    insts = sorted(a["instId"] for conn in subs for req in conn for a in req["args"] if a["channel"] == "trades")
+    assert insts == sorted(p.okx for p in settings.pairs)

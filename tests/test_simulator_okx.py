@@ -130,3 +130,26 @@ async def test_busy_subscription_is_never_idle_closed() -> None:
             assert len([f for f in frames if is_push(f)]) >= 10
             assert reader.state.name == "OPEN"
         assert sim.okx.idle_closes == 0
+
+
+async def test_connection_rate_limit_when_enabled() -> None:
+    """OKX allows 3 connection requests/s per IP: with ``okx_connect_limit=3`` the 4th handshake within a second
+    is refused with 429; subscribe requests are counted per connection."""
+    async with running(okx_connect_limit=3) as sim:
+        conns = [await connect(sim.okx_url) for _ in range(3)]
+        with pytest.raises(InvalidStatus) as e:
+            await connect(sim.okx_url)
+        assert e.value.response.status_code == 429 and sim.okx.connect_refusals == 1
+        await conns[0].send('{"op":"subscribe","args":[{"channel":"trades","instId":"BTC-USDT"}]}')
+        await recv_until(conns[0], lambda m: m.get("event") == "subscribe")
+        assert sorted(sim.okx.requests_by_conn.values()) == [1]
+        for c in conns:
+            await c.close()
+        await asyncio.sleep(1.05)
+        async with connect(sim.okx_url):
+            pass  # a second later the budget is back
+    async with running() as sim:  # off by default
+        conns = [await connect(sim.okx_url) for _ in range(5)]
+        for c in conns:
+            await c.close()
+        assert sim.okx.connect_refusals == 0
