@@ -1,11 +1,14 @@
 """The matcher process: watches the live best touch of every pair and settles paper orders in Redis.
 
-Start-up (and again after any lost Redis connection): subscribe first (market data, feed status, the
-``trading:orders`` nudge channel), then load the latest market snapshots and scan every user's open
-orders, so an order placed while the matcher was down or reconnecting is never missed. A periodic
-rescan repairs anything a lost pub/sub message could have left out. Every settlement is decided again
-inside its own Redis transaction (``shared.ledger_store.execute``), so a stale index entry, a second
-matcher or a restart in the middle can never apply a fill twice.
+Pairs are split over ``matcher.shards`` shards (``matcher.shards``): this process holds the shards whose lease it
+has, any other matcher process stands by for the rest and takes over a dead holder's (``matcher.shards`` module).
+For a shard it takes it loads the open orders (its open set), claims the intake entries its previous holder read
+but never acknowledged, then follows the shard's intake stream: every order change arrives there, written by the
+order's own transaction, so none is missed whatever crashed when. Nothing here grows with the number of users.
+
+Market data and feed status arrive over pub/sub; after a lost connection everything is loaded again. Every
+settlement is decided again inside its own Redis transaction (``shared.ledger_store.execute``), so a stale index
+entry, a second matcher or a restart in the middle can never apply a fill twice.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -21,7 +26,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from matcher import metrics
+from matcher import metrics, shards
 from matcher.index import OpenOrderIndex
 from shared import ledger_store, names
 from shared.best_touch import Touch, best_touch
@@ -36,7 +41,8 @@ from shared.timeutil import now_us
 
 log = logging.getLogger("matcher")
 
-RECONCILE_S = 60.0  # a safety net only: a pub/sub reconnect already triggers a full recovery
+RECONCILE_S = 60.0  # a safety net only: the open sets are read again this often (no scan)
+INTAKE_BLOCK_MS = 1000
 HEARTBEAT_S = 1.0  # ``names.MATCHER_ALIVE_KEY`` is rewritten this often ...
 HEARTBEAT_TTL_MS = 5000  # ... and expires after this long (the gateway's /ready reads it)
 # Market/IOC orders found on recovery, or arriving just after a (re)connect, wait (at most this long) for every
@@ -46,9 +52,14 @@ STARTUP_GRACE_S = 1.5
 
 
 class Matcher:
-    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, me: str | None = None) -> None:
         self.settings = settings
         self.r = redis
+        self.me = me or uuid.uuid4().hex
+        self.total = settings.matcher.shards
+        self.leases = shards.Leases(redis, self.total, self.me, settings.matcher.lease_ms)
+        self.inbox: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
+        self.readers: dict[int, asyncio.Task[None]] = {}
         self.index = OpenOrderIndex()
         self.health = FeedHealth(settings.feeds.stale_after_s)
         self.bbos: dict[tuple[str, str], BBO] = {}
@@ -81,19 +92,77 @@ class Matcher:
             if st.get("state") == "up" and ts and ts.isdigit():
                 self.health.update(FeedStatus(ex, "up", "snapshot", int(ts)), int(ts))
 
-    async def recover(self) -> None:
-        """Rebuild the index from Redis (the source of truth)."""
-        orders = await ledger_store.scan_open_orders(self.r)
-        self.index.clear()
+    def shard_of(self, symbol: str) -> int:
+        return names.matcher_shard(symbol, self.total)
+
+    def owns(self, symbol: str) -> bool:
+        return self.shard_of(symbol) in self.leases.held
+
+    async def load_shard(self, n: int) -> None:
+        """(Re)build the index of shard ``n`` from its open set (no scan of the keyspace)."""
+        orders = await shards.open_orders(self.r, n, self.total)
         metrics.RECOVERIES.inc()
         for o in orders:
             if o.type == "limit":
                 self.index.upsert(o)
             elif all((p.user_id, p.token_id) != (o.user_id, o.token_id) for p in self.pending):
                 self.pending.append(o)
-        log.info("recovered %d open orders (%d market/ioc pending)", len(orders), len(self.pending))
+        log.info("shard %d: %d open orders (%d market/ioc pending)", n, len(orders),
+                 sum(1 for p in self.pending if self.shard_of(p.symbol) == n))
         metrics.OPEN_ORDERS.set(len(self.index))
         metrics.PENDING.set(len(self.pending))
+
+    async def take(self, n: int) -> None:
+        """Shard ``n``'s lease is ours: its open orders, what its previous holder left unacknowledged, then follow
+        its intake stream."""
+        log.info("matcher %s takes shard %d", self.me[:8], n)
+        await shards.ensure_group(self.r, n)
+        await self.load_shard(n)
+        await self.on_entries(n, await shards.claim_pending(self.r, n, self.me))
+        for s in {o.symbol for o in self.index.orders()}:
+            if self.shard_of(s) == n:
+                await self.match_symbol(s)
+        self.readers[n] = asyncio.create_task(self._read_intake(n), name=f"intake-{n}")
+
+    def drop(self, n: int) -> None:
+        """Shard ``n``'s lease is lost: stop acting on its pairs at once (its new holder reloads everything)."""
+        log.warning("matcher %s lost shard %d", self.me[:8], n)
+        task = self.readers.pop(n, None)
+        if task is not None:
+            task.cancel()
+        for o in self.index.orders():
+            if self.shard_of(o.symbol) == n:
+                self.index.remove((o.user_id, o.token_id))
+        self.pending = [o for o in self.pending if self.shard_of(o.symbol) != n]
+
+    async def _read_intake(self, n: int) -> None:
+        try:
+            while True:
+                entries = await shards.read_new(self.r, n, self.me, INTAKE_BLOCK_MS)
+                if entries:
+                    self.inbox.put_nowait(("intake", n, entries))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the main loop raises it: a lost connection restarts everything
+            self.inbox.put_nowait(("error", e, None))
+
+    async def on_entries(self, n: int, entries: list[shards.Entry]) -> None:
+        """Intake entries of shard ``n``: record what they open and close in its open set and acknowledge them
+        (one transaction), then act on each order."""
+        orders: list[Order] = []
+        opened: list[str] = []
+        closed: list[str] = []
+        for _, raw in entries:
+            try:
+                o = Order.from_dict(orjson.loads(raw))
+            except (ValueError, KeyError, TypeError, ArithmeticError) as e:
+                log.warning("bad intake entry on shard %d: %r", n, e)
+                continue
+            (opened if o.is_open else closed).append(shards.member(o.user_id, o.token_id))
+            orders.append(o)
+        await shards.settle_entries(self.r, n, [i for i, _ in entries], opened, closed)
+        for o in orders:
+            await self.on_order(o)
 
     # --- settlement ----------------------------------------------------------------------------
 
@@ -114,6 +183,8 @@ class Matcher:
             self.index.remove(key)
             return
         self.index.upsert(applied.order)
+        if not applied.order.is_open:
+            await shards.forget(self.r, self.shard_of(order.symbol), [shards.member(*key)])
         if applied.decision.outcome == "fill":
             self.fills += 1
         if applied.decision.outcome != "rest":
@@ -211,68 +282,105 @@ class Matcher:
         return None
 
     async def handle(self, channel: str, data: bytes | str) -> None:
-        if channel == names.ORDERS_CHANNEL:
-            try:
-                o = Order.from_dict(orjson.loads(data))
-            except (ValueError, KeyError, TypeError, ArithmeticError) as e:
-                log.warning("bad order nudge: %r", e)
-                return
-            await self.on_order(o)
-            return
         sym = self._on_md(data)
         if sym == "*":
             await self.run_pending()
             for s in self.index.symbols():
                 await self.match_symbol(s)
-        elif sym is not None:
+        elif sym is not None and self.owns(sym):
             await self.match_symbol(sym)
 
     def _on_reconnect(self, _conn: AbstractConnection) -> None:
         self.resync = True
 
+    async def _read_md(self, pubsub: aioredis.client.PubSub) -> None:
+        try:
+            while True:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None and msg["type"] in ("message", "pmessage"):
+                    ch = msg["channel"]
+                    self.inbox.put_nowait(("md", ch.decode() if isinstance(ch, bytes) else ch, msg["data"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.inbox.put_nowait(("error", e, None))
+
+    async def lease_round(self) -> None:
+        gained, lost = await self.leases.round()
+        for n in lost:
+            self.drop(n)
+        for n in gained:
+            await self.take(n)
+
+    async def reload(self) -> None:
+        """Market snapshots and every held shard's open orders, read again (after a lost message, or as a safety
+        net): O(open orders), never a scan."""
+        await self.load_snapshots()
+        for n in sorted(self.leases.held):
+            await self.load_shard(n)
+        await self.run_pending()
+        for s in self.index.symbols():
+            await self.match_symbol(s)
+
     async def run(self, stop: asyncio.Event, reconcile_s: float, ready: asyncio.Event | None = None) -> None:
-        """Serve until ``stop``; ``ready`` is set once the open orders are recovered and matched."""
+        """Serve until ``stop``; ``ready`` is set once the first lease round is done (every shard this matcher could
+        take is taken, its orders loaded and matched)."""
         pubsub = self.r.pubsub()
+        md: asyncio.Task[None] | None = None
         try:
             await pubsub.psubscribe(names.md_pattern("bbo"), names.md_pattern("book"), names.status_channel("*"))
-            await pubsub.subscribe(names.ORDERS_CHANNEL)
             assert pubsub.connection is not None
             pubsub.connection.register_connect_callback(self._on_reconnect)
             await self.load_snapshots()
-            await self.recover()
-            for s in self.index.symbols():
-                await self.match_symbol(s)
-            log.info("matcher ready: %d resting orders", len(self.index))
+            md = asyncio.create_task(self._read_md(pubsub), name="md-reader")
+            await self.lease_round()
+            log.info("matcher %s ready: shards %s of %d, %d resting orders", self.me[:8],
+                     sorted(self.leases.held) or "none (standby)", self.total, len(self.index))
             if ready is not None:
                 ready.set()
+            lease_every = self.settings.matcher.lease_ms / 3000
+            next_lease = time.monotonic() + lease_every
             next_reconcile = time.monotonic() + reconcile_s
             next_beat = 0.0
             while not stop.is_set():
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + HEARTBEAT_S
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_S
                     await self.heartbeat()
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                if self.resync:  # pub/sub reconnected under us: messages may have been lost
+                if now >= next_lease:
+                    next_lease = now + lease_every
+                    await self.lease_round()
+                try:
+                    kind, a, b = await asyncio.wait_for(self.inbox.get(), 0.2)
+                except TimeoutError:
+                    kind, a, b = "", None, None
+                if self.resync:  # pub/sub reconnected under us: market data may have been lost
                     self.resync = False
                     self.started = time.monotonic()
-                    await self.load_snapshots()
-                    await self.recover()
-                if msg is not None and msg["type"] in ("message", "pmessage"):
-                    ch = msg["channel"]
-                    t0 = time.perf_counter()
-                    await self.handle(ch.decode() if isinstance(ch, bytes) else ch, msg["data"])
+                    await self.reload()
+                t0 = time.perf_counter()
+                if kind == "error":
+                    raise a
+                if kind == "md":
+                    await self.handle(a, b)
+                elif kind == "intake" and a in self.leases.held:
+                    await self.on_entries(a, b)
+                if kind:
                     metrics.HANDLE_SECONDS.observe(time.perf_counter() - t0)
                 await self.run_pending()
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + reconcile_s
-                    await self.recover()
-                    await self.run_pending()
-                    for s in self.index.symbols():
-                        await self.match_symbol(s)
+                    await self.reload()
         finally:
+            for task in [md, *self.readers.values()]:
+                if task is not None:
+                    task.cancel()
+            self.readers.clear()
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
-            if stop.is_set():  # a clean stop: say so at once rather than let the heartbeat expire
+            if stop.is_set():  # a clean stop: hand the shards over at once rather than let the leases expire
+                with contextlib.suppress(Exception):
+                    await self.leases.release_all()
                 with contextlib.suppress(Exception):
                     await self.r.delete(names.MATCHER_ALIVE_KEY)
 
@@ -284,11 +392,13 @@ class Matcher:
 
 async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str | None = None,
                       reconcile_s: float = RECONCILE_S, ready: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set; reconnects (and rebuilds everything from Redis) after a lost connection."""
+    """Run until ``stop`` is set; reconnects (and rebuilds everything from Redis) after a lost connection, under the
+    same matcher id, so that its leases are still its own."""
     backoff = 0.2
+    me = uuid.uuid4().hex
     while not stop.is_set():
         r = connect(redis_url or settings.redis.url)
-        m = Matcher(settings, r)
+        m = Matcher(settings, r, me)
         try:
             await m.run(stop, reconcile_s, ready)
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:

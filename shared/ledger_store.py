@@ -189,9 +189,11 @@ def _hset(key: str, mapping: dict[str, str]) -> list[Cmd]:
     return [("HSET", key, *[x for kv in mapping.items() for x in kv])]
 
 
-def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = ()) -> list[Cmd]:
-    """The order, the balances, the open index, ``extra``, then the events (the stored order JSON doubles as
-    the matcher's nudge on ``trading:orders``)."""
+def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = (),
+            shards: int | None = None) -> list[Cmd]:
+    """The order, the balances, the open index, ``extra``, the events, and (unless the matcher made the change
+    itself: ``shards`` None) the order JSON on its matcher shard's intake stream, in the same transaction: the
+    matcher cannot miss an order whose transaction applied."""
     raw = orjson.dumps(order.to_dict())
     out: list[Cmd] = [("SET", names.order_key(order.user_id, order.token_id), raw)]
     out += _hset(names.balance_key(order.user_id), acct.to_hash())
@@ -201,7 +203,9 @@ def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequ
         out.append(("ZREM", names.open_orders_key(order.user_id), order.token_id))
     out += extra
     out += [("PUBLISH", names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
-    out.append(("PUBLISH", names.ORDERS_CHANNEL, raw))
+    if shards is not None:
+        stream = names.intake_stream(names.matcher_shard(order.symbol, shards))
+        out.append(("XADD", stream, "MAXLEN", "~", names.INTAKE_MAXLEN, "*", "o", raw))
     return out
 
 
@@ -225,7 +229,8 @@ async def deposit(r: aioredis.Redis, user_id: str, asset: str, amount: Decimal, 
 
 
 async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: str, side: ledger.Side,
-                type_: ledger.OrderType, price: Decimal | None, quantity: Decimal, now_us: int) -> Order:
+                type_: ledger.OrderType, price: Decimal | None, quantity: Decimal, now_us: int,
+                shards: int = 1) -> Order:
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
         existing, account = _state(replies)
         if existing is not None:
@@ -233,24 +238,25 @@ async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: 
         acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
-        return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)])
+        return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)],
+                              shards)
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
-async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int) -> Order:
+async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int, shards: int = 1) -> Order:
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
         order, account = _state(replies)
         if order is None:
             raise not_found(token_id)
         acct, o, events = ledger.cancel(account, order, now_us)
-        return o, _writes(acct, o, events)
+        return o, _writes(acct, o, events, shards=shards)
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
 
 async def modify(r: aioredis.Redis, rules: Mapping[str, PairRules], *, user_id: str, token_id: str,
-                 price: Decimal | None, quantity: Decimal | None, now_us: int) -> Order:
+                 price: Decimal | None, quantity: Decimal | None, now_us: int, shards: int = 1) -> Order:
     """New price and/or quantity of an open limit order, checked against its pair's ``rules[symbol]``."""
 
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
@@ -259,7 +265,7 @@ async def modify(r: aioredis.Redis, rules: Mapping[str, PairRules], *, user_id: 
             raise not_found(token_id)
         acct, o, events = ledger.modify(account, rules[order.symbol], order,
                                         price=price, quantity=quantity, now_us=now_us)
-        return o, _writes(acct, o, events)
+        return o, _writes(acct, o, events, shards=shards)
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 
@@ -354,6 +360,14 @@ async def list_fills(r: aioredis.Redis, user_id: str, *, limit: int, offset: int
 
 async def open_orders(r: aioredis.Redis, user_id: str) -> list[Order]:
     return await _orders_by_tokens(r, user_id, await r.zrange(names.open_orders_key(user_id), 0, -1))
+
+
+async def orders_by_keys(r: aioredis.Redis, keys: Sequence[tuple[str, str]]) -> list[Order | None]:
+    """The orders named by ``(user_id, token_id)``, None where there is none."""
+    if not keys:
+        return []
+    raws = await r.mget([names.order_key(u, t) for u, t in keys])
+    return [None if x is None else Order.from_dict(orjson.loads(x)) for x in raws]
 
 
 async def scan_open_orders(r: aioredis.Redis) -> list[Order]:

@@ -22,7 +22,14 @@ WATCH/MULTI transaction stays in one Redis Cluster slot)::
     {u:<id>}:orders          zset: every token_id, score = creation time (us)
     {u:<id>}:open            zset: open token_ids, score = creation time (us)
     {u:<id>}:fills           list: the user's fills, JSON, oldest first
-    trading:orders           channel: every order change (JSON order), the matcher's nudge
+
+The matcher's shards (pairs split by ``matcher_shard``; one hash tag ``{m:<shard>}`` per shard)::
+
+    matcher:{m:<n>}:intake          stream: every order change of the shard's pairs (field ``o``, the order JSON),
+                                    written in the order's own transaction; consumer group ``matchers``
+    matcher:{m:<n>}:open            zset: the shard's open orders ``<user_id> <token_id>``, kept by its matcher
+    matcher:{m:<n>}:lease           string: the id of the matcher holding the shard (expires unless renewed)
+    matcher:{m:<n>}:indexed:<count> string: the open set was built once by a full scan (start-up migration)
 
 Users (gateway accounts)::
 
@@ -40,6 +47,8 @@ Operations::
 """
 
 from __future__ import annotations
+
+import zlib
 
 PREFIX_MD = "md"
 
@@ -70,7 +79,6 @@ def user_events_channel(user_id: str) -> str:
 
 # --- trading -------------------------------------------------------------------------------------
 
-ORDERS_CHANNEL = "trading:orders"
 OPEN_SCAN_PATTERN = "{u:*}:open"
 
 
@@ -105,6 +113,41 @@ def user_from_open_key(key: str) -> str:
     if not (key.startswith("{u:") and key.endswith("}:open")):
         raise ValueError(f"not an open-orders key: {key!r}")
     return key[3:-6]
+
+
+# --- the matcher's shards ---------------------------------------------------------------------------
+# A shard's keys share one hash tag: its intake stream, its open-order set and its lease.
+
+INTAKE_GROUP = "matchers"
+INTAKE_MAXLEN = 100_000  # approximate (MAXLEN ~): far more than a matcher ever has pending
+
+
+def matcher_shard(symbol: str, shards: int) -> int:
+    """The shard a pair belongs to: stable whatever the other pairs (CRC-32 of the symbol)."""
+    return zlib.crc32(symbol.encode()) % shards
+
+
+def shard_tag(shard: int) -> str:
+    return "{m:" + str(shard) + "}"
+
+
+def intake_stream(shard: int) -> str:
+    """Every order change of the shard's pairs (field ``o``: the order's JSON), read by its matcher."""
+    return f"matcher:{shard_tag(shard)}:intake"
+
+
+def shard_open_key(shard: int) -> str:
+    """The shard's open orders (members ``<user_id> <token_id>``), kept by its matcher: its start-up reads this."""
+    return f"matcher:{shard_tag(shard)}:open"
+
+
+def shard_indexed_key(shard: int, shards: int) -> str:
+    """Set once the shard's open set was built by a full scan (for this number of shards)."""
+    return f"matcher:{shard_tag(shard)}:indexed:{shards}"
+
+
+def lease_key(shard: int) -> str:
+    return f"matcher:{shard_tag(shard)}:lease"
 
 
 # --- users -------------------------------------------------------------------------------------------

@@ -203,8 +203,17 @@ class LogSettings(_Strict):
     json_logs: bool = False
 
 
+class MatcherSettings(_Strict):
+    """Pairs are split over ``shards``; each shard is held by one matcher at a time (a lease renewed in Redis), any
+    other matcher process stands by and takes over a dead holder's shards once its lease expires."""
+
+    shards: int = Field(default=1, ge=1, le=64)
+    lease_ms: int = Field(default=3000, ge=500, le=60_000)
+
+
 class Settings(_Strict):
     redis: RedisSettings = RedisSettings()
+    matcher: MatcherSettings = MatcherSettings()
     gateway: GatewaySettings = GatewaySettings()
     auth: AuthSettings = AuthSettings()
     feeds: FeedSettings = FeedSettings()

@@ -119,6 +119,7 @@ class Trading:
         self.settings = settings
         self.final = final
         self.wait_s = settings.gateway.order_final_wait_s
+        self.shards = settings.matcher.shards
         self.rules: dict[str, PairRules] = {p.symbol: PairRules.of(p) for p in settings.pairs}
         self._locks = _UserLocks()
 
@@ -185,7 +186,7 @@ class Trading:
         async with self._locks.hold(user_id):
             return await ledger_store.place(self.redis, rules, user_id=user_id, token_id=body.token_id,
                                             side=body.side, type_=body.type, price=body.price,
-                                            quantity=body.quantity, now_us=now_us())
+                                            quantity=body.quantity, now_us=now_us(), shards=self.shards)
 
     async def _current_with_fills(self, user_id: str, placed: Order) -> Placed:
         order = await ledger_store.get_order(self.redis, user_id, placed.token_id) or placed
@@ -204,7 +205,8 @@ class Trading:
     async def cancel(self, user_id: str, token_id: str) -> Order:
         _token(token_id)
         async with self._locks.hold(user_id):
-            return await ledger_store.cancel(self.redis, user_id=user_id, token_id=token_id, now_us=now_us())
+            return await ledger_store.cancel(self.redis, user_id=user_id, token_id=token_id, now_us=now_us(),
+                                             shards=self.shards)
 
     async def modify(self, user_id: str, token_id: str, body: ModifyOrderIn) -> Order:
         _token(token_id)
@@ -212,7 +214,8 @@ class Trading:
             raise DomainError("missing_field", "give a new price and/or quantity")
         async with self._locks.hold(user_id):
             return await ledger_store.modify(self.redis, self.rules, user_id=user_id, token_id=token_id,
-                                             price=body.price, quantity=body.quantity, now_us=now_us())
+                                             price=body.price, quantity=body.quantity, now_us=now_us(),
+                                             shards=self.shards)
 
     async def orders(self, user_id: str, *, status: str | None = None, limit: int = 100,
                      offset: int = 0) -> Page[Order]:
