@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher import lock
 from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.lifeline import die_with_parent
 from shared.settings import ROOT, SettingsError, load_settings
 
 DATA = Path(os.environ.get("SR_DATA_DIR") or ROOT / "data")
@@ -117,6 +118,9 @@ class Launcher:
             p.proc = await asyncio.create_subprocess_exec(
                 *p.argv, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                # A launcher killed outright takes its processes along (SIGTERM: they stop cleanly), so a restart
+                # never finds a second matcher or gateway still running.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
             say(f"started {p.name} (pid {p.proc.pid}): {' '.join(p.argv[1:])}")
             self._write_pids()

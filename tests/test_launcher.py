@@ -78,7 +78,10 @@ def test_a_kill_9d_launcher_leaves_no_stale_lock(tmp_path: Path) -> None:
         children = _pids(tmp_path)
         os.kill(first.proc.pid, signal.SIGKILL)
         assert first.proc.wait(10) == -signal.SIGKILL
+        # Its processes die with it (PR_SET_PDEATHSIG): no second matcher or gateway is left behind.
+        left = [name for name, pid in children.items() if name != "redis" and not _gone(pid, 15)]
         _kill_orphans(first.proc.pid, children)
+        assert not left, f"still running after the launcher was killed: {left}"
     with launch(tmp_path) as again:
         again.wait_health(60)
         assert (tmp_path / "data" / "launcher.lock").read_text() == f"{again.proc.pid}\n"
@@ -90,6 +93,20 @@ def test_a_kill_9d_launcher_leaves_no_stale_lock(tmp_path: Path) -> None:
 def _pids(tmp: Path) -> dict[str, int]:
     pids: dict[str, int] = json.loads((tmp / "data" / "pids.json").read_text())
     return pids
+
+
+def _gone(pid: int, within: float) -> bool:
+    """The process exited (a zombie nobody reaped yet counts as gone)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat[stat.rindex(")") + 2] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _kill_orphans(launcher_pid: int, children: dict[str, int], within: float = 15) -> None:
