@@ -443,25 +443,9 @@ class EmbeddedCluster:
             n.port, n.bus_port = fresh[2 * k], fresh[2 * k + 1]
 
     def start(self, timeout: float = 60.0) -> EmbeddedCluster:
-        """Start every node and form the cluster (blocking); raises :class:`ClusterError` past ``timeout``."""
-        t0 = time.monotonic()
-        self._stopped = False
-        self._layout()
-        todo = list(self.nodes)
-        try:
-            for attempt in range(3):
-                for n in todo:
-                    self._spawn(n)
-                todo = self._await_up(todo, timeout=15.0)
-                if not todo:
-                    break
-                self._respawn_exited(todo, attempt)
-            self._form(deadline=t0 + timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.start_seconds = time.monotonic() - t0
-        return self
+        """Start every node and form the cluster (blocking); raises :class:`ClusterError` past ``timeout``. Call it
+        from a thread without a running event loop (``astart`` is the one for a loop)."""
+        return asyncio.run(self.astart(timeout))
 
     async def astart(self, within: float = 60.0) -> EmbeddedCluster:
         """:meth:`start` for an event loop: forks in this thread (see PR_SET_PDEATHSIG), waits in a worker."""
