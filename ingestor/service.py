@@ -266,7 +266,8 @@ class Ingestor:
 
     def publish_status(self, now: int) -> None:
         reason = f"shard {self.status_suffix}: {self.reason}" if self.status_suffix else self.reason
-        self.publisher.submit_status(FeedStatus(self.exchange, self.state, reason, now), self.status_fields(now))
+        self.publisher.submit_status(FeedStatus(self.exchange, self.state, reason, now, self.status_suffix),
+                                     self.status_fields(now))
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()

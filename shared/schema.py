@@ -117,10 +117,15 @@ class FeedStatus:
     state: FeedState
     reason: str
     ts_us: int
+    shard: str = ""  # the ingestor shard that sent it ("1/2"), empty for an ingestor serving every pair
     type: Literal["status"] = "status"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "status", "exchange": self.exchange, "state": self.state, "reason": self.reason, "ts_us": self.ts_us}
+        out = {"type": "status", "exchange": self.exchange, "state": self.state, "reason": self.reason,
+               "ts_us": self.ts_us}
+        if self.shard:
+            out["shard"] = self.shard
+        return out
 
 
 Message = BBO | Book | Trade | FeedStatus
@@ -158,7 +163,10 @@ def from_dict(o: dict[str, Any]) -> Message:
         if t == "status":
             if o["state"] not in ("up", "stale", "down"):
                 raise SchemaError(f"bad state {o['state']!r}")
-            return FeedStatus(o["exchange"], o["state"], str(o.get("reason", "")), int(o["ts_us"]))
+            shard = o.get("shard", "")
+            if not isinstance(shard, str):
+                raise SchemaError("shard must be a string")
+            return FeedStatus(o["exchange"], o["state"], str(o.get("reason", "")), int(o["ts_us"]), shard)
     except SchemaError:
         raise
     except (KeyError, TypeError, ValueError, ArithmeticError) as e:

@@ -47,3 +47,29 @@ def test_parse_decimal_and_fmt() -> None:
     assert fmt(Decimal("0.00010")) == "0.0001"
     assert fmt(Decimal("1E+2")) == "100"
     assert fmt(Decimal("0E-8")) == "0"
+
+
+def test_feed_status_shard_round_trips_and_stays_optional() -> None:
+    plain = FeedStatus("okx", "up", "", 5)
+    assert b"shard" not in encode(plain) and decode(encode(plain)) == plain
+    sharded = FeedStatus("okx", "down", "shard 1/2: closed", 6, "1/2")
+    assert decode(encode(sharded)) == sharded
+
+
+def test_an_exchange_with_shards_is_live_only_when_every_shard_is() -> None:
+    from shared.feed_health import FeedHealth
+
+    S = 1_000_000
+    h = FeedHealth(stale_after_s=5)
+    h.update(FeedStatus("binance", "up", "", 0, "1/2"), 0)
+    h.update(FeedStatus("binance", "up", "", 0, "2/2"), 0)
+    assert h.live(1 * S) == ("binance",)
+    h.update(FeedStatus("binance", "down", "closed", 0, "2/2"), 2 * S)
+    h.update(FeedStatus("binance", "up", "", 0, "1/2"), 3 * S)  # the other shard's heartbeat does not hide it
+    assert h.live(3 * S) == () and h.heard()["binance"][0] == "down"
+    h.update(FeedStatus("binance", "up", "", 0, "2/2"), 4 * S)
+    assert h.live(4 * S) == ("binance",)
+    h.update(FeedStatus("binance", "up", "", 0, "1/2"), 9 * S)  # shard 2/2 silent since 4 s: stale
+    assert h.live(10 * S) == () and h.heard()["binance"][1] == 4 * S
+    h.update(FeedStatus("binance", "up", "", 0, "1/2"), 400 * S)  # 2/2 gone for longer than FORGET_S
+    assert h.live(400 * S) == ("binance",)
