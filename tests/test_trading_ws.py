@@ -314,3 +314,24 @@ async def test_slow_client_is_closed_never_loses_an_order_event(redis_url: str, 
             assert code == 4009 and b"too slow" in data[2:]
         finally:
             slow.sock.close()
+
+
+async def test_an_order_placed_on_one_gateway_is_pushed_by_another(redis_url: str, aredis: aioredis.Redis) -> None:
+    """Two gateways on one Redis (what ``--scale gateway=N`` runs): REST on one, the user's socket on the other,
+    the matcher's fill included; the token one issued works on the other."""
+    settings = make_settings(redis_url)
+    feed = MdFeed(aredis)
+    async with run_gateway(redis_url, settings) as rest_base, run_gateway(redis_url, settings) as ws_base, \
+            httpx.AsyncClient(base_url=rest_base) as c:
+        assert rest_base != ws_base
+        await fund(c, settings, "u9", USDT="2000")
+        async with matcher(settings, redis_url), feed.heartbeats("binance", "okx"), \
+                ws_client(ws_base, tok=token("u9")) as ws:
+            await ws.subscribe(stream="orders")
+            r = await c.post("/orders", json=limit("x1"), headers=auth(settings, "u9"))
+            assert r.status_code == 201, r.text
+            accepted = await ws.until(lambda m: m["type"] == "order")
+            assert (accepted["data"]["event"], accepted["data"]["order"]["token_id"]) == ("accepted", "x1")
+            await feed.bbo("okx", "BTCUSDT", "49000", "1", "49990", "1")  # crosses the limit: the matcher fills
+            filled = await ws.until(lambda m: m["type"] == "order" and m["data"]["event"] == "filled", 10)
+            assert filled["data"]["order"]["status"] == "filled" and filled["data"]["fills"]
