@@ -294,7 +294,9 @@ async def test_failover_kill_a_master() -> None:
                 await rc.spublish(f"{tag}events", f"m{n}")
                 try:
                     msg = await ps.get_sharded_message(ignore_subscribe_messages=True, timeout=0.2)
-                except redis.ConnectionError:
+                except (redis.ConnectionError, RuntimeError):
+                    # RuntimeError ("pubsub connection not set"): redis-py's half-replaced node connection, seen
+                    # once under load; the same remedy as a lost connection.
                     await sub.nodes_manager.initialize()
                     continue
                 if msg is not None and msg["type"] == "smessage":
