@@ -48,7 +48,10 @@ Operations::
 
 from __future__ import annotations
 
+import functools
 import zlib
+
+from redis.crc import key_slot
 
 PREFIX_MD = "md"
 
@@ -113,6 +116,29 @@ def user_from_open_key(key: str) -> str:
     if not (key.startswith("{u:") and key.endswith("}:open")):
         raise ValueError(f"not an open-orders key: {key!r}")
     return key[3:-6]
+
+
+# --- partitions (Redis Cluster) ------------------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+
+
+@functools.cache
+def partition_tags(n: int) -> tuple[str, ...]:
+    """``n`` hash tags whose slots are spread evenly over the 16,384: the i-th falls in the middle half of the i-th
+    of ``n`` equal slot ranges. Masters own contiguous, (near) equal ranges, so channels grouped by these tags land
+    evenly on them, where naive tags (``{0}``, ``{1}``...) fall wherever CRC16 puts them."""
+    if not 1 <= n <= CLUSTER_SLOTS // 4:
+        raise ValueError(f"between 1 and {CLUSTER_SLOTS // 4} partitions")
+    tags: list[str] = []
+    for i in range(n):
+        lo, hi = i * CLUSTER_SLOTS // n, (i + 1) * CLUSTER_SLOTS // n
+        quarter = (hi - lo) // 4
+        k = 0
+        while not lo + quarter <= key_slot(f"p{i}.{k}".encode()) < hi - quarter:
+            k += 1
+        tags.append(f"p{i}.{k}")
+    return tuple(tags)
 
 
 # --- the matcher's shards ---------------------------------------------------------------------------
