@@ -7,7 +7,7 @@
    measured from each order's scheduled send time.
 2. Tick-to-fill: a resting buy, then a crossing BBO published as an ingestor would (``ts_recv_us`` stamped at
    publish time); the time until the ``filled`` event is received by a client WebSocket subscribed to the
-   ``orders`` stream (and, for comparison, on the user's Redis events channel ``orders:events:<user>``).
+   ``orders`` stream (and, for comparison, on the user's Redis events channel ``orders:events:{u:<user>}``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Channels (pub/sub, payloads are JSON from ``shared.schema``)::
     md:book:<exchange>:<SYMBOL>    top levels of one exchange (depth10 / books5)
     md:trade:<exchange>:<SYMBOL>   trades of one exchange
     md:status:<exchange>           feed state changes (up / stale / down)
-    orders:events:<user_id>        a user's order events
+    orders:events:{u:<user_id>}        a user's order events
 
 Keys::
 
@@ -77,7 +77,7 @@ def md_pattern(kind: str = "*", exchange: str = "*", symbol: str = "*") -> str:
 
 
 def user_events_channel(user_id: str) -> str:
-    return f"orders:events:{user_id}"
+    return f"orders:events:{user_tag(user_id)}"
 
 
 # --- trading -------------------------------------------------------------------------------------

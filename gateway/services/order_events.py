@@ -1,7 +1,7 @@
 """Users' order events in one gateway process, for whoever listens: the WebSocket's ``orders`` stream and the
 final-state waits of market and IOC orders.
 
-One ``RedisHub`` subscribes ``orders:events:<user_id>`` (``shared.names.user_events_channel``), reference
+One ``RedisHub`` subscribes ``orders:events:{u:<user_id>}`` (``shared.names.user_events_channel``), reference
 counted: the first listener of a user (or the first order waiting for its final state) subscribes the channel,
 the last one leaving unsubscribes. Each event is decoded once into an ``OrderEvent`` and handed to every
 listener of its user; listeners must not block (the WebSocket's only appends to its queues).
