@@ -1,7 +1,7 @@
 """The matcher process: watches the live best touch of every pair and settles paper orders in Redis.
 
-Pairs are split over ``matcher.shards`` shards (``matcher.shards``): this process holds the shards whose lease it
-has, any other matcher process stands by for the rest and takes over a dead holder's (``matcher.shards`` module).
+Pairs are split over the ``matcher.shards`` setting's shards: this process holds the shards whose lease it has, any
+other matcher process stands by for the rest and takes over a dead holder's (the ``matcher.shards`` module).
 For a shard it takes it loads the open orders (its open set), claims the intake entries its previous holder read
 but never acknowledged, then follows the shard's intake stream: every order change arrives there, written by the
 order's own transaction, so none is missed whatever crashed when. Nothing here grows with the number of users.
@@ -119,7 +119,7 @@ class Matcher:
         await shards.ensure_group(self.r, n)
         await self.load_shard(n)
         await self.on_entries(n, await shards.claim_pending(self.r, n, self.me))
-        for s in {o.symbol for o in self.index.orders()}:
+        for s in self.index.symbols():
             if self.shard_of(s) == n:
                 await self.match_symbol(s)
         self.readers[n] = asyncio.create_task(self._read_intake(n), name=f"intake-{n}")

@@ -315,10 +315,7 @@ async def get_order(r: aioredis.Redis, user_id: str, token_id: str) -> Order | N
 
 
 async def _orders_by_tokens(r: aioredis.Redis, user_id: str, tokens: Sequence[Any]) -> list[Order]:
-    if not tokens:
-        return []
-    raws = await r.mget([names.order_key(user_id, _s(t)) for t in tokens])
-    return [Order.from_dict(orjson.loads(x)) for x in raws if x is not None]
+    return [o for o in await orders_by_keys(r, [(user_id, _s(t)) for t in tokens]) if o is not None]
 
 
 async def list_orders(r: aioredis.Redis, user_id: str, *, status: str | None, limit: int, offset: int,

@@ -25,23 +25,11 @@ def num(d: Decimal | None) -> orjson.Fragment | None:
     return None if d is None else number(d)
 
 
-def dumps(o: Any) -> str:
-    return orjson.dumps(o).decode()
-
-
-def push(stream: str, topic: str, data: bytes | dict[str, Any], **extra: Any) -> str:
-    """A pushed message; ``data`` may already be serialized (then it is embedded as is)."""
-    return _push_json(stream, topic, data, extra).decode()
-
-
 def push_frame(stream: str, topic: str, data: bytes | dict[str, Any], **extra: Any) -> bytes:
-    """``push`` as a ready WebSocket text frame, built once and shared by every subscriber."""
-    return text_frame(_push_json(stream, topic, data, extra))
-
-
-def _push_json(stream: str, topic: str, data: bytes | dict[str, Any], extra: dict[str, Any]) -> bytes:
+    """A pushed message as a ready WebSocket text frame, built once and shared by every subscriber; ``data`` may
+    already be serialized (then it is embedded as is)."""
     body = orjson.Fragment(data) if isinstance(data, bytes) else data
-    return orjson.dumps({"type": stream, "topic": topic, **extra, "data": body})
+    return text_frame(orjson.dumps({"type": stream, "topic": topic, **extra, "data": body}))
 
 
 def touch_data(t: Touch, exchange: str) -> dict[str, Any]:

@@ -112,7 +112,7 @@ class ValidationErrorOut(ErrorOut):
 
 
 def status_of(code: str) -> int:
-    status = STATUS.get(code) or (422 if code in API_CODES else None)
+    status = STATUS.get(code)
     if status is None:
         log.error("error code %r has no HTTP status in gateway.rest.errors.STATUS: answering 400", code)
         return 400

@@ -67,11 +67,6 @@ def code_of(code: str) -> WrapValidator:
     return WrapValidator(wrap)
 
 
-def coded(code: str, tp: Any) -> Any:
-    """``tp`` with ``code_of(code)``, for types made at run time."""
-    return Annotated[tp, code_of(code)]
-
-
 class CodedModel(StrictModel):
     """A request body whose shape errors have codes: ``invalid_body``, ``unknown_field``, ``missing_field``.
 
