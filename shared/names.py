@@ -48,6 +48,7 @@ Operations::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import zlib
 
@@ -139,6 +140,49 @@ def partition_tags(n: int) -> tuple[str, ...]:
             k += 1
         tags.append(f"p{i}.{k}")
     return tuple(tags)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Market-data channel and key names for one deployment. On one server they are the plain names above (and
+    pub/sub is ``PUBLISH``/``SUBSCRIBE``). On a Redis Cluster (sharded pub/sub: ``SPUBLISH``/``SSUBSCRIBE``, no
+    patterns) every channel and snapshot key of a pair carries its partition's hash tag, ``md:{<tag>}:bbo:...``:
+    one pair's channels and snapshots share a slot, so the ingestor publishes a batch per partition in one call,
+    and ``partitions`` tags from ``partition_tags`` spread the pairs evenly over the masters."""
+    cluster: bool = False
+    partitions: int = 16
+
+    @property
+    def publish(self) -> str:
+        return "SPUBLISH" if self.cluster else "PUBLISH"
+
+    def tag(self, name: str) -> str:
+        """The partition hash tag of a symbol (or an exchange's status): ``{p3.17}``."""
+        return "{" + partition_tags(self.partitions)[zlib.crc32(name.encode()) % self.partitions] + "}"
+
+    def md_channel(self, kind: str, exchange: str, symbol: str) -> str:
+        if not self.cluster:
+            return md_channel(kind, exchange, symbol)
+        return f"{PREFIX_MD}:{self.tag(symbol)}:{kind}:{exchange}:{symbol}"
+
+    def md_last_key(self, kind: str, exchange: str, symbol: str) -> str:
+        if not self.cluster:
+            return md_last_key(kind, exchange, symbol)
+        return f"{PREFIX_MD}:{self.tag(symbol)}:last:{kind}:{exchange}:{symbol}"
+
+    def status_channel(self, exchange: str) -> str:
+        if not self.cluster:
+            return status_channel(exchange)
+        return f"{PREFIX_MD}:{self.tag(exchange)}:status:{exchange}"
+
+    def slot_key(self, channel: str) -> str:
+        """A key in ``channel``'s slot (a script that SPUBLISHes there is routed by it)."""
+        if not self.cluster:
+            return channel
+        return channel[:channel.index("}") + 1]
+
+
+SINGLE = Keyspace()
 
 
 # --- the matcher's shards ---------------------------------------------------------------------------

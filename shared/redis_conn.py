@@ -1,9 +1,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+# Either client: code that needs one or the other says so with isinstance (ledger transactions, pub/sub).
+Client = aioredis.Redis | RedisCluster
+
+_OPTIONS = dict(health_check_interval=15, socket_keepalive=True, socket_connect_timeout=5)
 
 
 class Connection(aioredis.Connection):
@@ -20,7 +27,24 @@ class Connection(aioredis.Connection):
             raise RedisConnectionError(f"connection lost while writing: {e}") from e
 
 
+def seeds(url: str) -> list[str]:
+    """``redis://a:7000,redis://b:7001`` (or one URL) -> the URLs."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 def connect(url: str) -> aioredis.Redis:
-    """An asyncio Redis client with the options every process uses."""
-    return aioredis.Redis.from_url(url, health_check_interval=15, socket_keepalive=True, socket_connect_timeout=5,
-                                   connection_class=Connection)
+    """An asyncio Redis client (one server) with the options every process uses."""
+    return aioredis.Redis.from_url(seeds(url)[0], connection_class=Connection, **_OPTIONS)  # type: ignore[arg-type]
+
+
+def connect_cluster(url: str) -> RedisCluster:
+    """A Redis Cluster client from one or more seed nodes: any live one is enough to learn the slot map."""
+    urls = seeds(url)
+    first = urlsplit(urls[0])
+    nodes = [ClusterNode(p.hostname or "127.0.0.1", p.port or 6379) for p in map(urlsplit, urls)]
+    return RedisCluster(startup_nodes=nodes, username=first.username, password=first.password,
+                        ssl=first.scheme == "rediss", require_full_coverage=True, **_OPTIONS)  # type: ignore[arg-type]
+
+
+def connect_any(url: str, cluster: bool) -> Client:
+    return connect_cluster(url) if cluster else connect(url)

@@ -23,12 +23,15 @@ from pydantic import (
     model_validator,
 )
 
+from shared import names
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "config.toml"
 ENV_PREFIX = "SR_"
 # Short environment names users expect, mapped onto the nested keys.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "REDIS_URL": ("redis", "url"),
+    "REDIS_CLUSTER": ("redis", "cluster"),
     "PORT": ("gateway", "port"),
     "JWT_SECRET": ("auth", "jwt_secret"),
     "BINANCE_WS_URL": ("binance", "ws_url"),
@@ -94,15 +97,25 @@ class Pair(_Strict):
 
 
 class RedisSettings(_Strict):
+    """``url`` may name several seed nodes of a cluster, comma-separated (``redis://a:7000,redis://b:7001``).
+    ``cluster``: Redis Cluster mode (sharded pub/sub, slot-aware transactions); ``partitions``: how many hash tags
+    market-data channels are grouped under on a cluster (every process of one system must agree)."""
     url: str = ""
     port: int = Field(default=0, ge=0, le=65535)
     appendfsync: Literal["everysec", "always", "no"] = "always"
+    cluster: bool = False
+    partitions: int = Field(default=16, ge=1, le=1024)
+
+    @property
+    def keyspace(self) -> names.Keyspace:
+        return names.Keyspace(self.cluster, self.partitions)
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if v and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        for part in v.split(",") if v else ():
+            if not part.strip().startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("must start with redis://, rediss:// or unix:// (each seed of a comma list)")
         return v
 
 
