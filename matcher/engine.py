@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -28,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from matcher import metrics, shards
 from matcher.index import OpenOrderIndex
-from shared import ledger_store, names
+from shared import ledger, ledger_store, names
 from shared.best_touch import Touch, best_touch
 from shared.errors import DomainError
 from shared.feed_health import FeedHealth
@@ -49,6 +50,26 @@ HEARTBEAT_TTL_MS = 5000  # ... and expires after this long (the gateway's /ready
 # feed's first heartbeat before being judged, so that a matcher that just started (or was blind while Redis was
 # away) does not expire them for want of a price it simply has not heard yet.
 STARTUP_GRACE_S = 1.5
+# On a cluster, how long an announced order change may take to be confirmed before the matcher looks for itself
+# (and fences a placement that never arrived). Far above a transaction's time, below a client's patience.
+INTENT_WAIT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    shard: int
+    user_id: str
+    token_id: str
+    placing: dict[str, Any] | None
+    deadline: float
+
+    @classmethod
+    def parse(cls, shard: int, raw: bytes, deadline: float) -> Intent:
+        d = orjson.loads(raw)
+        placing = d["placing"]
+        if placing is not None and not isinstance(placing, dict):
+            raise TypeError("placing must be an object")
+        return cls(shard, str(d["user_id"]), str(d["token_id"]), placing, deadline)
 
 
 class Matcher:
@@ -69,6 +90,7 @@ class Matcher:
         self.started = time.monotonic()
         self.resync = False
         self.fills = 0
+        self.intents: dict[str, Intent] = {}  # intake entry id -> announced change (cluster)
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -134,6 +156,7 @@ class Matcher:
             if self.shard_of(o.symbol) == n:
                 self.index.remove((o.user_id, o.token_id))
         self.pending = [o for o in self.pending if self.shard_of(o.symbol) != n]
+        self.intents = {k: it for k, it in self.intents.items() if it.shard != n}
 
     async def _read_intake(self, n: int) -> None:
         try:
@@ -148,21 +171,52 @@ class Matcher:
 
     async def on_entries(self, n: int, entries: list[shards.Entry]) -> None:
         """Intake entries of shard ``n``: record what they open and close in its open set and acknowledge them
-        (one transaction), then act on each order."""
+        (one transaction), then act on each order. An intent (cluster) stays unacknowledged until its confirmation,
+        its withdrawal or its deadline (``expire_intents``): a matcher that dies meanwhile leaves it to the next."""
         orders: list[Order] = []
-        opened: list[str] = []
-        closed: list[str] = []
-        for _, raw in entries:
-            try:
-                o = Order.from_dict(orjson.loads(raw))
-            except (ValueError, KeyError, TypeError, ArithmeticError) as e:
-                log.warning("bad intake entry on shard %d: %r", n, e)
-                continue
-            (opened if o.is_open else closed).append(shards.member(o.user_id, o.token_id))
-            orders.append(o)
-        await shards.settle_entries(self.r, n, [i for i, _ in entries], opened, closed)
+        ack: list[str] = []
+        for e in entries:
+            if e.intent:
+                try:
+                    self.intents[e.id] = Intent.parse(n, e.intent, time.monotonic() + INTENT_WAIT_S)
+                    continue
+                except (ValueError, KeyError, TypeError, ArithmeticError) as err:
+                    log.warning("bad intent on shard %d: %r", n, err)
+            ack.append(e.id)
+            if e.settles:
+                self.intents.pop(e.settles, None)
+                ack.append(e.settles)
+            if e.order:
+                try:
+                    orders.append(Order.from_dict(orjson.loads(e.order)))
+                except (ValueError, KeyError, TypeError, ArithmeticError) as err:
+                    log.warning("bad intake entry on shard %d: %r", n, err)
+        await self._settle_entries(n, ack, orders)
+
+    async def _settle_entries(self, n: int, ack: list[str], orders: list[Order]) -> None:
+        opened = [shards.member(o.user_id, o.token_id) for o in orders if o.is_open]
+        closed = [shards.member(o.user_id, o.token_id) for o in orders if not o.is_open]
+        await shards.settle_entries(self.r, n, ack, opened, closed)
         for o in orders:
             await self.on_order(o)
+
+    async def expire_intents(self) -> None:
+        """Intents past their deadline: the order as it stands is taken as confirmed, and a placement that never
+        arrived is fenced (``ledger_store.fence``)."""
+        now = time.monotonic()
+        for entry_id, it in list(self.intents.items()):
+            if it.deadline > now or self.intents.get(entry_id) is not it:
+                continue
+            del self.intents[entry_id]
+            if it.shard not in self.leases.held:
+                continue
+            order = await ledger_store.fence(self.r, user_id=it.user_id, token_id=it.token_id, placing=it.placing,
+                                             now_us=now_us())
+            if order is not None and order.reason == ledger.INTAKE_TIMEOUT:
+                metrics.FENCED.inc()
+                log.warning("order %s/%s announced but not placed within %.0f s: fenced", it.user_id, it.token_id,
+                            INTENT_WAIT_S)
+            await self._settle_entries(it.shard, [entry_id], [] if order is None else [order])
 
     # --- settlement ----------------------------------------------------------------------------
 
@@ -368,6 +422,8 @@ class Matcher:
                 if kind:
                     metrics.HANDLE_SECONDS.observe(time.perf_counter() - t0)
                 await self.run_pending()
+                if self.intents:
+                    await self.expire_intents()
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + reconcile_s
                     await self.reload()

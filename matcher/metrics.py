@@ -18,4 +18,6 @@ HANDLE_SECONDS = Histogram("sr_matcher_loop_seconds",
                            registry=REGISTRY)
 RECOVERIES = Counter("sr_matcher_recoveries", "Full rescans of the open orders (start, reconnect, periodic)",
                      registry=REGISTRY)
+FENCED = Counter("sr_matcher_fenced_orders", "Announced placements that never arrived and were fenced (cluster)",
+                 registry=REGISTRY)
 REDIS_RECONNECTS = Counter("sr_matcher_redis_reconnects", "Lost Redis connections", registry=REGISTRY)

@@ -13,16 +13,25 @@ which orders are open in it (its open set). No matching here; ``matcher.engine``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from shared import ledger_store, names
 from shared.ledger import Order
+from shared.redis_conn import Client
 
-Entry = tuple[str, bytes]  # (stream entry id, the order JSON)
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One intake stream entry: an order change (``order``, its JSON); on a cluster also an intent (``intent``)
+    or the confirmation (``order`` and ``settles``) or withdrawal (``settles`` alone) of one."""
+    id: str
+    order: bytes = b""
+    intent: bytes = b""
+    settles: str = ""
 
 # Take a free lease or renew our own (ours also after a reconnect: the id stays); release only our own.
 _TAKE = """
@@ -45,7 +54,7 @@ def _text(v: bytes | str) -> str:
 class Leases:
     """The shards this matcher (``me``) holds, renewed or taken in rounds."""
 
-    def __init__(self, r: aioredis.Redis, total: int, me: str, lease_ms: int) -> None:
+    def __init__(self, r: Client, total: int, me: str, lease_ms: int) -> None:
         self.r = r
         self.total = total
         self.me = me
@@ -74,7 +83,7 @@ class Leases:
         self.held.clear()
 
 
-async def ensure_group(r: aioredis.Redis, shard: int) -> None:
+async def ensure_group(r: Client, shard: int) -> None:
     """The consumer group, reading from the stream's start when it is new (nothing written before is skipped)."""
     try:
         await r.xgroup_create(names.intake_stream(shard), names.INTAKE_GROUP, id="0", mkstream=True)
@@ -83,18 +92,24 @@ async def ensure_group(r: aioredis.Redis, shard: int) -> None:
             raise
 
 
+def _field(fields: Mapping[Any, Any], name: str) -> bytes:
+    v = fields.get(name.encode(), fields.get(name, b""))
+    return v if isinstance(v, bytes) else str(v).encode()
+
+
 def _entries(raw: Iterable[Any]) -> list[Entry]:
     out: list[Entry] = []
     for entry_id, fields in raw:
         if fields is None:  # deleted (trimmed) while pending
-            out.append((_text(entry_id), b""))
+            out.append(Entry(_text(entry_id)))
             continue
-        data = fields.get(b"o", fields.get("o", b""))
-        out.append((_text(entry_id), data if isinstance(data, bytes) else str(data).encode()))
+        settles = _field(fields, ledger_store.CONFIRMS) or _field(fields, ledger_store.WITHDRAWN)
+        out.append(Entry(_text(entry_id), _field(fields, ledger_store.ORDER), _field(fields, ledger_store.INTENT),
+                         settles.decode()))
     return out
 
 
-async def claim_pending(r: aioredis.Redis, shard: int, me: str) -> list[Entry]:
+async def claim_pending(r: Client, shard: int, me: str) -> list[Entry]:
     """Every entry read but not acknowledged by an earlier holder, now ours."""
     out: list[Entry] = []
     cursor = "0-0"
@@ -107,7 +122,7 @@ async def claim_pending(r: aioredis.Redis, shard: int, me: str) -> list[Entry]:
             return out
 
 
-async def read_new(r: aioredis.Redis, shard: int, me: str, block_ms: int, count: int = 500) -> list[Entry]:
+async def read_new(r: Client, shard: int, me: str, block_ms: int, count: int = 500) -> list[Entry]:
     reply = await r.xreadgroup(names.INTAKE_GROUP, me, {names.intake_stream(shard): ">"}, count=count,
                                block=block_ms)
     if not reply:
@@ -117,28 +132,28 @@ async def read_new(r: aioredis.Redis, shard: int, me: str, block_ms: int, count:
     return [e for _, raw in reply for e in _entries(raw)]
 
 
-async def settle_entries(r: aioredis.Redis, shard: int, ids: Sequence[str], opened: Sequence[str],
+async def settle_entries(r: Client, shard: int, ids: Sequence[str], opened: Sequence[str],
                          closed: Sequence[str]) -> None:
     """Record what the entries opened and closed, and acknowledge them, in one transaction."""
     if not ids and not opened and not closed:
         return
     key = names.shard_open_key(shard)
-    async with r.pipeline(transaction=True) as p:
-        if opened:
-            p.zadd(key, dict.fromkeys(opened, 0))
-        if closed:
-            p.zrem(key, *closed)
-        if ids:
-            p.xack(names.intake_stream(shard), names.INTAKE_GROUP, *ids)
-        await p.execute()
+    writes: list[ledger_store.Cmd] = []
+    if opened:
+        writes.append(("ZADD", key, *[x for m in opened for x in (0, m)]))
+    if closed:
+        writes.append(("ZREM", key, *closed))
+    if ids:
+        writes.append(("XACK", names.intake_stream(shard), names.INTAKE_GROUP, *ids))
+    await ledger_store.transact(r, [key], [], lambda _: (None, writes))
 
 
-async def forget(r: aioredis.Redis, shard: int, closed: Sequence[str]) -> None:
+async def forget(r: Client, shard: int, closed: Sequence[str]) -> None:
     if closed:
         await r.zrem(names.shard_open_key(shard), *closed)
 
 
-async def open_orders(r: aioredis.Redis, shard: int, total: int) -> list[Order]:
+async def open_orders(r: Client, shard: int, total: int) -> list[Order]:
     """The shard's open orders, from its open set (built by one full scan the first time)."""
     key = names.shard_open_key(shard)
     done = names.shard_indexed_key(shard, total)

@@ -345,6 +345,19 @@ def reject(acct: Account, order: Order, now_us: int, reason: str) -> tuple[Accou
     return acct2, o, [event("rejected", o)]
 
 
+INTAKE_TIMEOUT = "intake_timeout"
+
+
+def fenced(*, user_id: str, token_id: str, symbol: str, side: Side, type_: OrderType, price: Decimal | None,
+           quantity: Decimal, now_us: int) -> tuple[Order, list[Event]]:
+    """The record a matcher writes under a token whose announced order never arrived in time (Redis Cluster
+    intake): rejected, nothing reserved, so the late transaction finds the token taken and applies nothing."""
+    o = Order(user_id=user_id, token_id=token_id, symbol=symbol, side=side, type=type_, price=price,
+              quantity=quantity, reserve_asset="", reserved=ZERO, status="rejected", created_us=now_us,
+              updated_us=now_us, reason=INTAKE_TIMEOUT)
+    return o, [event("rejected", o)]
+
+
 def modify(acct: Account, rules: PairRules, order: Order, *, price: Decimal | None, quantity: Decimal | None,
            now_us: int) -> tuple[Account, Order, list[Event]]:
     """New price and/or quantity of an open limit order; the reservation is swapped in one step."""

@@ -15,26 +15,44 @@ fill twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
+import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT
 
 from shared import ledger, names
 from shared.errors import DomainError
 from shared.ledger import Account, Fill, Order, PairRules
 from shared.matching import REST, Decision
+from shared.money import fmt
+from shared.redis_conn import Client, ready, refresh_topology
 
 MAX_ATTEMPTS = 200
+# Fields of an intake stream entry: an order change (the order JSON), on a cluster also naming the intent it
+# confirms; an intent (cluster); an intent withdrawn (its change was refused).
+ORDER, CONFIRMS, INTENT, WITHDRAWN = "o", "c", "i", "w"
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -72,21 +90,33 @@ def pack(cmds: Sequence[Cmd]) -> bytes:
 # so closing the client still closes them; a dropped one reconnects on its next use.
 _idle: weakref.WeakKeyDictionary[aioredis.Redis, list[Any]] = weakref.WeakKeyDictionary()
 IDLE_MAX = 32
+# On a cluster, how long a transaction keeps trying through MOVED replies and a master's failover.
+CLUSTER_PATIENCE_S = 20.0
+_REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError)
 
 
-async def _acquire(r: aioredis.Redis) -> Any:
+async def _acquire(r: Client, key: str) -> tuple[Any, Any]:
+    """(owner, connection): on a cluster a connection to the master of ``key``'s slot, owned by that node."""
+    if isinstance(r, RedisCluster):
+        await ready(r)
+        node = r.get_node_from_key(key)
+        assert node is not None
+        return node, node.acquire_connection()
     idle = _idle.get(r)
     if idle:
-        return idle.pop()
-    return await r.connection_pool.get_connection()
+        return r, idle.pop()
+    return r, await r.connection_pool.get_connection()
 
 
-async def _release(r: aioredis.Redis, conn: Any) -> None:
-    idle = _idle.setdefault(r, [])
+async def _release(owner: Any, conn: Any) -> None:
+    if isinstance(owner, ClusterNode):
+        owner.release(conn)
+        return
+    idle = _idle.setdefault(owner, [])
     if len(idle) < IDLE_MAX:
         idle.append(conn)
     else:
-        await r.connection_pool.release(conn)
+        await owner.connection_pool.release(conn)
 
 
 async def _exchange(conn: Any, cmds: Sequence[Cmd]) -> list[Any]:
@@ -104,7 +134,7 @@ async def _exchange(conn: Any, cmds: Sequence[Cmd]) -> list[Any]:
         raise
 
 
-async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
+async def transact(r: Client, keys: Sequence[str], reads: Sequence[Cmd],
                    step: Callable[[list[Any]], tuple[T, list[Cmd] | None]]) -> T:
     """Run ``step`` under WATCH ``keys`` until its writes apply, in two round trips per attempt.
 
@@ -114,30 +144,49 @@ async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
     recomputed from fresh state. A ``DomainError`` from ``step`` aborts with nothing written.
 
     redis-py's watch mode costs a round trip per command (WATCH, then each read), hence this lower-level
-    path on one connection of the client's pool."""
+    path on one connection of the client's pool. On a cluster every key is in one slot and the connection goes
+    to that slot's master; a MOVED reply or a lost master (failover) means: learn the slot map again and start
+    over, for up to ``CLUSTER_PATIENCE_S`` (a MOVED reply to a command queued in MULTI aborts the EXEC, so
+    nothing was applied)."""
+    cluster = isinstance(r, RedisCluster)
+    give_up = time.monotonic() + CLUSTER_PATIENCE_S
     reconnects = 0
-    for attempt in range(MAX_ATTEMPTS):
-        conn = await _acquire(r)
+    attempt = 0
+    while attempt < MAX_ATTEMPTS:
+        owner, conn = await _acquire(r, keys[0])
+        stage = "watch"
+        clean = False  # a refusal from ``step`` after UNWATCH leaves the connection fit for reuse
         try:
             try:
                 replies = await _exchange(conn, [("WATCH", *keys), *reads])
+                try:
+                    result, writes = step(replies[1:])
+                except BaseException:
+                    await _exchange(conn, [("UNWATCH",)])
+                    clean = True
+                    raise
+                if writes is None:
+                    await _exchange(conn, [("UNWATCH",)])
+                    return result
+                stage = "exec"
+                done = (await _exchange(conn, [("MULTI",), *writes, ("EXEC",)]))[-1]
             except RedisConnectionError:
                 # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
                 # (a failure during EXEC itself is not retried: it may have applied).
                 await conn.disconnect()
                 reconnects += 1
-                if reconnects > 1:
+                if stage == "exec" or not cluster and reconnects > 1 or cluster and time.monotonic() > give_up:
                     raise
+                if cluster:
+                    await _cluster_pause(r, reconnects)
                 continue
-            try:
-                result, writes = step(replies[1:])
-            except BaseException:
-                await _exchange(conn, [("UNWATCH",)])
-                raise
-            if writes is None:
-                await _exchange(conn, [("UNWATCH",)])
-                return result
-            done = (await _exchange(conn, [("MULTI",), *writes, ("EXEC",)]))[-1]
+            except _REDIRECTS:
+                await conn.disconnect()  # replies may be left unread
+                if not cluster or time.monotonic() > give_up:
+                    raise
+                reconnects += 1
+                await _cluster_pause(r, reconnects)
+                continue
             if done is not None:
                 for reply in done:
                     if isinstance(reply, ResponseError):
@@ -145,12 +194,19 @@ async def transact(r: aioredis.Redis, keys: Sequence[str], reads: Sequence[Cmd],
                 return result
         except BaseException:
             # Replies may be left unread on the connection: never hand it back to the pool in that state.
-            await conn.disconnect()
+            if not clean:
+                await conn.disconnect()
             raise
         finally:
-            await _release(r, conn)
+            await _release(owner, conn)
         await asyncio.sleep(random.uniform(0, min(0.02, 0.0002 * 2 ** min(attempt, 10))))
+        attempt += 1
     raise Busy()
+
+
+async def _cluster_pause(r: Any, n: int) -> None:
+    await refresh_topology(r)
+    await asyncio.sleep(min(0.5, 0.01 * 2 ** min(n, 6)))
 
 
 def _watched(user_id: str, token_id: str) -> list[str]:
@@ -174,11 +230,11 @@ def _state(replies: list[Any]) -> tuple[Order | None, Account]:
     return order, Account.from_hash(_hash(flat))
 
 
-async def _read_account(r: aioredis.Redis, user_id: str) -> Account:
+async def _read_account(r: Client, user_id: str) -> Account:
     return Account.from_hash(await r.hgetall(names.balance_key(user_id)))
 
 
-async def _read_order(r: aioredis.Redis, user_id: str, token_id: str) -> Order | None:
+async def _read_order(r: Client, user_id: str, token_id: str) -> Order | None:
     raw = await r.get(names.order_key(user_id, token_id))
     return None if raw is None else Order.from_dict(orjson.loads(raw))
 
@@ -189,10 +245,15 @@ def _hset(key: str, mapping: dict[str, str]) -> list[Cmd]:
     return [("HSET", key, *[x for kv in mapping.items() for x in kv])]
 
 
+def _pub(r: Client) -> str:
+    return "SPUBLISH" if isinstance(r, RedisCluster) else "PUBLISH"
+
+
 def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = (),
-            shards: int | None = None) -> list[Cmd]:
-    """The order, the balances, the open index, ``extra``, the events, and (unless the matcher made the change
-    itself: ``shards`` None) the order JSON on its matcher shard's intake stream, in the same transaction: the
+            shards: int | None = None, pub: str = "PUBLISH") -> list[Cmd]:
+    """The order, the balances, the open index, ``extra``, the events (``pub``: PUBLISH, or SPUBLISH on a
+    cluster: the user's channel is in the user's slot), and (unless the matcher made the change itself, or on a
+    cluster: ``shards`` None) the order JSON on its matcher shard's intake stream, in the same transaction: the
     matcher cannot miss an order whose transaction applied."""
     raw = orjson.dumps(order.to_dict())
     out: list[Cmd] = [("SET", names.order_key(order.user_id, order.token_id), raw)]
@@ -202,10 +263,10 @@ def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequ
     else:
         out.append(("ZREM", names.open_orders_key(order.user_id), order.token_id))
     out += extra
-    out += [("PUBLISH", names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
+    out += [(pub, names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
     if shards is not None:
         stream = names.intake_stream(names.matcher_shard(order.symbol, shards))
-        out.append(("XADD", stream, "MAXLEN", "~", names.INTAKE_MAXLEN, "*", "o", raw))
+        out.append(("XADD", stream, "MAXLEN", "~", names.INTAKE_MAXLEN, "*", ORDER, raw))
     return out
 
 
@@ -215,7 +276,7 @@ def not_found(token_id: str) -> DomainError:
 
 # --- operations ----------------------------------------------------------------------------------
 
-async def deposit(r: aioredis.Redis, user_id: str, asset: str, amount: Decimal, *,
+async def deposit(r: Client, user_id: str, asset: str, amount: Decimal, *,
                   max_total: Decimal | None = None) -> Account:
     key = names.balance_key(user_id)
 
@@ -228,34 +289,43 @@ async def deposit(r: aioredis.Redis, user_id: str, asset: str, amount: Decimal, 
     return await transact(r, [key], [("HGETALL", key)], step)
 
 
-async def place(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: str, side: ledger.Side,
+async def place(r: Client, rules: PairRules, *, user_id: str, token_id: str, side: ledger.Side,
                 type_: ledger.OrderType, price: Decimal | None, quantity: Decimal, now_us: int,
                 shards: int = 1) -> Order:
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
         existing, account = _state(replies)
         if existing is not None:
+            if existing.reason == ledger.INTAKE_TIMEOUT and existing.version == 1:
+                raise DomainError("intake_timeout", "the matcher did not hear of this order in time and refused it; "
+                                  "place it again with a new token_id", retry_after_s=1)
             raise DomainError("duplicate_token_id", f"token_id {token_id!r} was already used")
         acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
         return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)],
-                              shards)
+                              in_tx, _pub(r))
 
-    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
+    shard = names.matcher_shard(rules.symbol, shards)
+    placing = {"symbol": rules.symbol, "side": side, "type": type_, "quantity": fmt(quantity),
+               "price": None if price is None else fmt(price)}
+    in_tx = None if isinstance(r, RedisCluster) else shards
+    return await _through_intake(r, shard, user_id, token_id, placing,
+                                 transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step))
 
 
-async def cancel(r: aioredis.Redis, *, user_id: str, token_id: str, now_us: int, shards: int = 1) -> Order:
+async def cancel(r: Client, *, user_id: str, token_id: str, now_us: int, shards: int = 1) -> Order:
     def step(replies: list[Any]) -> tuple[Order, list[Cmd]]:
         order, account = _state(replies)
         if order is None:
             raise not_found(token_id)
         acct, o, events = ledger.cancel(account, order, now_us)
-        return o, _writes(acct, o, events, shards=shards)
+        return o, _writes(acct, o, events, shards=in_tx, pub=_pub(r))
 
-    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
+    in_tx = None if isinstance(r, RedisCluster) else shards
+    return await _change(r, user_id, token_id, shards, step)
 
 
-async def modify(r: aioredis.Redis, rules: Mapping[str, PairRules], *, user_id: str, token_id: str,
+async def modify(r: Client, rules: Mapping[str, PairRules], *, user_id: str, token_id: str,
                  price: Decimal | None, quantity: Decimal | None, now_us: int, shards: int = 1) -> Order:
     """New price and/or quantity of an open limit order, checked against its pair's ``rules[symbol]``."""
 
@@ -265,9 +335,80 @@ async def modify(r: aioredis.Redis, rules: Mapping[str, PairRules], *, user_id: 
             raise not_found(token_id)
         acct, o, events = ledger.modify(account, rules[order.symbol], order,
                                         price=price, quantity=quantity, now_us=now_us)
-        return o, _writes(acct, o, events, shards=shards)
+        return o, _writes(acct, o, events, shards=in_tx, pub=_pub(r))
 
-    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
+    in_tx = None if isinstance(r, RedisCluster) else shards
+    return await _change(r, user_id, token_id, shards, step)
+
+
+# --- the intake on a cluster ------------------------------------------------------------------------
+# A transaction stays in one slot: the user's. The shard's intake stream is elsewhere, so on a cluster an order
+# change is announced on it first (an intent), then applied, then confirmed (the order JSON, naming the intent), or
+# withdrawn when it was refused. The matcher holds an intent until it is confirmed; past a deadline it looks for the
+# order itself, and when a placed order is still not there it fences the token (``fence``): a rejected record the
+# late transaction, which WATCHes the same key, cannot overwrite. So an order whose transaction applied is never
+# unknown to its matcher, whichever process dies where.
+
+async def _change(r: Client, user_id: str, token_id: str, shards: int,
+                  step: Callable[[list[Any]], tuple[Order, list[Cmd]]]) -> Order:
+    run = transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
+    if not isinstance(r, RedisCluster):
+        return await run
+    current = await _read_order(r, user_id, token_id)
+    if current is None:
+        run.close()
+        raise not_found(token_id)
+    return await _through_intake(r, names.matcher_shard(current.symbol, shards), user_id, token_id, None, run)
+
+
+async def _through_intake(r: Client, shard: int, user_id: str, token_id: str, placing: dict[str, Any] | None,
+                          run: Coroutine[Any, Any, Order]) -> Order:
+    if not isinstance(r, RedisCluster):
+        return await run
+    stream = names.intake_stream(shard)
+    try:
+        intent = _s(await r.xadd(stream, {INTENT: orjson.dumps({"user_id": user_id, "token_id": token_id,
+                                                                 "placing": placing})},
+                                 maxlen=names.INTAKE_MAXLEN, approximate=True))
+    except BaseException:
+        run.close()
+        raise
+    try:
+        order = await run
+    except DomainError:  # refused: nothing was written
+        await _confirm(r, stream, {WITHDRAWN: intent})
+        raise
+    await _confirm(r, stream, {ORDER: orjson.dumps(order.to_dict()), CONFIRMS: intent})
+    return order
+
+
+async def _confirm(r: Client, stream: str, fields: dict[FieldT, EncodableT]) -> None:
+    try:
+        await r.xadd(stream, fields, maxlen=names.INTAKE_MAXLEN, approximate=True)
+    except (RedisError, OSError) as e:  # the matcher finds out past its deadline
+        log.warning("intake confirmation to %s lost: %r", stream, e)
+
+
+async def fence(r: Client, *, user_id: str, token_id: str, placing: Mapping[str, Any] | None,
+                now_us: int) -> Order | None:
+    """Past an intent's deadline: the order as it stands, or (a placement that never arrived) the token fenced with
+    a rejected record; None when there is no order and nothing to fence (a change of a missing order)."""
+    key = names.order_key(user_id, token_id)
+
+    def step(replies: list[Any]) -> tuple[Order | None, list[Cmd] | None]:
+        if replies[0]:
+            return Order.from_dict(orjson.loads(replies[0])), None
+        if placing is None:
+            return None, None
+        price = placing.get("price")
+        o, events = ledger.fenced(user_id=user_id, token_id=token_id, symbol=placing["symbol"], side=placing["side"],
+                                  type_=placing["type"], price=None if price is None else Decimal(price),
+                                  quantity=Decimal(placing["quantity"]), now_us=now_us)
+        return o, [("SET", key, orjson.dumps(o.to_dict())),
+                   ("ZADD", names.orders_index_key(user_id), now_us, token_id),
+                   *[(_pub(r), names.user_events_channel(user_id), orjson.dumps(ev)) for ev in events]]
+
+    return await transact(r, [key], [("GET", key)], step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +418,7 @@ class Applied:
     decision: Decision
 
 
-async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id: str,
+async def execute(r: Client, rules: PairRules, *, user_id: str, token_id: str,
                   decide: Callable[[Order], Decision], now_us: Callable[[], int]) -> Applied | None:
     """The matcher's settlement: re-read the order inside the transaction, decide on *that* state, apply once.
 
@@ -306,19 +447,19 @@ async def execute(r: aioredis.Redis, rules: PairRules, *, user_id: str, token_id
 
 # --- reads ---------------------------------------------------------------------------------------
 
-async def get_account(r: aioredis.Redis, user_id: str) -> Account:
+async def get_account(r: Client, user_id: str) -> Account:
     return await _read_account(r, user_id)
 
 
-async def get_order(r: aioredis.Redis, user_id: str, token_id: str) -> Order | None:
+async def get_order(r: Client, user_id: str, token_id: str) -> Order | None:
     return await _read_order(r, user_id, token_id)
 
 
-async def _orders_by_tokens(r: aioredis.Redis, user_id: str, tokens: Sequence[Any]) -> list[Order]:
+async def _orders_by_tokens(r: Client, user_id: str, tokens: Sequence[Any]) -> list[Order]:
     return [o for o in await orders_by_keys(r, [(user_id, _s(t)) for t in tokens]) if o is not None]
 
 
-async def list_orders(r: aioredis.Redis, user_id: str, *, status: str | None, limit: int, offset: int,
+async def list_orders(r: Client, user_id: str, *, status: str | None, limit: int, offset: int,
                       ) -> tuple[list[Order], int]:
     """Newest first. ``open`` reads the open index; other statuses filter the full index page by page."""
     if status is None or status == "open":
@@ -343,7 +484,7 @@ async def list_orders(r: aioredis.Redis, user_id: str, *, status: str | None, li
     return out, matched
 
 
-async def list_fills(r: aioredis.Redis, user_id: str, *, limit: int, offset: int) -> tuple[list[Fill], int]:
+async def list_fills(r: Client, user_id: str, *, limit: int, offset: int) -> tuple[list[Fill], int]:
     """Newest first."""
     key = names.fills_key(user_id)
     total = int(await r.llen(key))
@@ -355,19 +496,20 @@ async def list_fills(r: aioredis.Redis, user_id: str, *, limit: int, offset: int
     return [Fill.from_dict(orjson.loads(x)) for x in reversed(raws)], total
 
 
-async def open_orders(r: aioredis.Redis, user_id: str) -> list[Order]:
+async def open_orders(r: Client, user_id: str) -> list[Order]:
     return await _orders_by_tokens(r, user_id, await r.zrange(names.open_orders_key(user_id), 0, -1))
 
 
-async def orders_by_keys(r: aioredis.Redis, keys: Sequence[tuple[str, str]]) -> list[Order | None]:
+async def orders_by_keys(r: Client, keys: Sequence[tuple[str, str]]) -> list[Order | None]:
     """The orders named by ``(user_id, token_id)``, None where there is none."""
     if not keys:
         return []
-    raws = await r.mget([names.order_key(u, t) for u, t in keys])
+    order_keys = [names.order_key(u, t) for u, t in keys]
+    raws = await (r.mget_nonatomic(order_keys) if isinstance(r, RedisCluster) else r.mget(order_keys))
     return [None if x is None else Order.from_dict(orjson.loads(x)) for x in raws]
 
 
-async def scan_open_orders(r: aioredis.Redis) -> list[Order]:
+async def scan_open_orders(r: Client) -> list[Order]:
     """Every open order of every user (the matcher's recovery)."""
     out: list[Order] = []
     async for key in r.scan_iter(match=names.OPEN_SCAN_PATTERN, count=500):

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 # Either client: code that needs one or the other says so with isinstance (ledger transactions, pub/sub).
 Client = aioredis.Redis | RedisCluster
@@ -48,3 +51,22 @@ def connect_cluster(url: str) -> RedisCluster:
 
 def connect_any(url: str, cluster: bool) -> Client:
     return connect_cluster(url) if cluster else connect(url)
+
+
+_refreshing: dict[int, asyncio.Task[None]] = {}
+
+
+async def refresh_topology(r: RedisCluster) -> None:
+    """Learn the slot map again (after a MOVED reply, a failover, a lost node). Concurrent callers share one
+    refresh; a failure is left to the caller's next attempt."""
+    task = _refreshing.get(id(r))
+    if task is None or task.done():
+        task = _refreshing[id(r)] = asyncio.ensure_future(r.nodes_manager.initialize())
+    with contextlib.suppress(RedisError, OSError, RedisClusterException):
+        await asyncio.shield(task)
+
+
+async def ready(r: RedisCluster) -> None:
+    """The slot map, before the first command (redis-py learns it lazily)."""
+    if not r.nodes_manager.slots_cache:
+        await r.initialize()

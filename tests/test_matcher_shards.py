@@ -101,7 +101,7 @@ async def test_entries_a_dead_holder_never_acknowledged_are_claimed(redis_url: s
         await buy(c, h, "m1", "BTCUSDT", "50000")  # marketable: the matcher fills it as soon as it reads it
         # A holder that read the entry and died before acknowledging it.
         read = await shards.read_new(aredis, 0, "ghost", 100)
-        assert [e for e in read if b'"m1"' in e[1]]
+        assert [e for e in read if b'"m1"' in e.order]
         async with matcher(settings, redis_url):
             await wait_status(c, "m1", "filled", h)
         pending = await aredis.xpending(names.intake_stream(0), names.INTAKE_GROUP)

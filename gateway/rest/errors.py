@@ -44,7 +44,7 @@ STATUS: dict[str, int] = {
     VALIDATION_ERROR: 422, **{code: 422 for code in sorted(API_CODES)},
     # accounts
     "not_authenticated": 401, "invalid_token": 401, "invalid_credentials": 401, "username_taken": 409,
-    "rate_limited": 429, "busy": 503, "unavailable": 503,
+    "rate_limited": 429, "busy": 503, "unavailable": 503, "intake_timeout": 503,
     # trading: the request against the configuration
     "unknown_symbol": 422, "unknown_asset": 422, "invalid_price": 422, "invalid_quantity": 422,
     "below_min_notional": 422, "too_precise": 422, "amount_too_large": 422, "invalid_amount": 422,
