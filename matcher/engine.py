@@ -35,7 +35,7 @@ from shared.errors import DomainError
 from shared.feed_health import FeedHealth
 from shared.ledger import Order, PairRules
 from shared.matching import REST, Decide, Decision, decide_arrival, decide_resting, views_for
-from shared.redis_conn import connect
+from shared.redis_conn import Client, connect
 from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
 from shared.settings import EXCHANGES, Settings
 from shared.timeutil import now_us
@@ -73,7 +73,7 @@ class Intent:
 
 
 class Matcher:
-    def __init__(self, settings: Settings, redis: aioredis.Redis, me: str | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Client, me: str | None = None) -> None:
         self.settings = settings
         self.r = redis
         self.me = me or uuid.uuid4().hex
