@@ -169,7 +169,14 @@ async def transact(r: Client, keys: Sequence[str], reads: Sequence[Cmd],
                     await _exchange(conn, [("UNWATCH",)])
                     return result
                 stage = "exec"
-                done = (await _exchange(conn, [("MULTI",), *writes, ("EXEC",)]))[-1]
+                acks = _acks.get(r)
+                if acks and isinstance(owner, ClusterNode) and not _has_replica(r, keys[0]):
+                    acks = None  # a master without replicas (its own died, or it was just promoted)
+                tail: list[Cmd] = [("WAIT", *acks)] if acks else []
+                replies = await _exchange(conn, [("MULTI",), *writes, ("EXEC",), *tail])
+                done = replies[-1 - len(tail)]
+                if acks and isinstance(r, RedisCluster) and replies[-1] < acks[0]:
+                    await refresh_topology(r)  # a replica is missing: learn which, rather than wait on each write
             except RedisConnectionError:
                 # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
                 # (a failure during EXEC itself is not retried: it may have applied).
@@ -202,6 +209,23 @@ async def transact(r: Client, keys: Sequence[str], reads: Sequence[Cmd],
         await asyncio.sleep(random.uniform(0, min(0.02, 0.0002 * 2 ** min(attempt, 10))))
         attempt += 1
     raise Busy()
+
+
+_acks: weakref.WeakKeyDictionary[Any, tuple[int, int]] = weakref.WeakKeyDictionary()
+
+
+def _has_replica(r: Any, key: str) -> bool:
+    return len(r.nodes_manager.slots_cache.get(r.keyslot(key), ())) > 1
+
+
+def require_replicas(r: Client, replicas: int, timeout_ms: int) -> None:
+    """Every transaction on ``r`` waits (``WAIT``, in the same round trip) until ``replicas`` replicas have its
+    writes, at most ``timeout_ms``: what a client was told is done then survives its master's failover. A
+    replica that is down only makes the wait time out (the write stands, the master keeps serving)."""
+    if replicas > 0:
+        _acks[r] = (replicas, timeout_ms)
+    else:
+        _acks.pop(r, None)
 
 
 async def _cluster_pause(r: Any, n: int) -> None:

@@ -105,6 +105,10 @@ class RedisSettings(_Strict):
     appendfsync: Literal["everysec", "always", "no"] = "always"
     cluster: bool = False
     partitions: int = Field(default=16, ge=1, le=1024)
+    # Ledger writes wait for this many replicas (WAIT, same round trip) before they are acknowledged: a failover
+    # then loses no acknowledged order or fill. 0: asynchronous replication (a failover may lose the last writes).
+    replica_acks: int = Field(default=0, ge=0, le=5)
+    replica_ack_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
 
     @property
     def keyspace(self) -> names.Keyspace:
