@@ -35,6 +35,7 @@ async def test_a_master_dies_mid_burst_and_no_acknowledged_deposit_is_lost() -> 
         victim = c.owner_of_slot(key_slot(names.balance_key(USERS[0]).encode()))
         stop_at = time.monotonic() + 25
         killed = asyncio.Event()
+        warm = asyncio.Event()
 
         async def worker(seed: int) -> None:
             rnd = random.Random(seed)
@@ -43,14 +44,15 @@ async def test_a_master_dies_mid_burst_and_no_acknowledged_deposit_is_lost() -> 
                 try:
                     await ledger_store.deposit(rc, u, "USDT", Decimal(1))
                     acked[u] += 1
+                    if sum(acked.values()) >= kill_after:
+                        warm.set()
                 except Exception:  # the outcome is unknown: it may or may not have applied
                     unknown[u] += 1
 
         kill_after = 400
 
         async def killer() -> None:
-            while sum(acked.values()) < kill_after:
-                await asyncio.sleep(0.01)
+            await warm.wait()
             c.kill(victim)
             killed.set()
 
