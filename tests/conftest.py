@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from shared.embedded_cluster import EmbeddedCluster, NoClusterServer, cluster_server_binary
 from shared.embedded_redis import EmbeddedRedis
+from tests.servers import CLUSTER_PASS, redis_client
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "exchange-captures"
 
@@ -31,9 +32,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
         srv.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_base_url(request: pytest.FixtureRequest) -> str:
+    """The session's Redis (the cluster's seed in the cluster pass), not flushed: for module-scoped servers."""
+    if CLUSTER_PASS:
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        return cluster.seed_url
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    return server.url
+
+
 @pytest.fixture
-def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
-    """A clean database for each test."""
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A clean database for each test (in the cluster pass, ``SR_TEST_CLUSTER=1``: the session cluster, flushed)."""
+    if CLUSTER_PASS:
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        cluster.flushall()
+        yield cluster.seed_url
+        return
+    redis_server: EmbeddedRedis = request.getfixturevalue("redis_server")
     r = redis.Redis.from_url(redis_server.url)
     r.flushdb()
     r.close()
@@ -42,7 +59,7 @@ def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
 
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     try:
         yield r
     finally:

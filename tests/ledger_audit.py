@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from shared import ledger, ledger_store, names
 from shared.ledger import Fill, Order
+from tests.servers import redis_client
 
 STATUSES = {"open", "filled", "cancelled", "expired", "rejected"}
 ZERO = Decimal(0)
@@ -119,7 +120,7 @@ async def audit(r: aioredis.Redis, user_id: str, deposits: Mapping[str, Decimal]
 
 async def audit_users(redis_url: str, deposits: Mapping[str, Mapping[str, Decimal]],
                       acked: Mapping[str, Iterable[str]] | None = None) -> dict[str, Report]:
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     try:
         return {u: await audit(r, u, d, (acked or {}).get(u, ())) for u, d in deposits.items()}
     finally:

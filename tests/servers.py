@@ -4,17 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import redis
+import redis.cluster
 import uvicorn
 
 from shared.embedded_redis import free_port
+from shared.redis_conn import Client, connect_any
 from shared.settings import Settings, load_settings
+
+# ``SR_TEST_CLUSTER=1``: the cluster pass of ``make test`` runs the REST, WebSocket-trading, hostile-input and
+# schemathesis suites again, every process on the session's Redis Cluster (tests/conftest.py's ``redis_url``).
+CLUSTER_PASS = os.environ.get("SR_TEST_CLUSTER") == "1"
+
+
+def flush_sync(url: str) -> None:
+    """Empty the test's Redis (every master in the cluster pass)."""
+    if CLUSTER_PASS:
+        rc = redis.cluster.RedisCluster.from_url(url)
+        try:
+            rc.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+        finally:
+            rc.close()
+        return
+    r = redis.Redis.from_url(url)
+    try:
+        r.flushdb()
+    finally:
+        r.close()
+
+
+def redis_client(url: str) -> Client:
+    """An asyncio client for the test's Redis: the cluster client in the cluster pass."""
+    return connect_any(url, CLUSTER_PASS)
 
 
 def make_settings(redis_url: str, **env: str) -> Settings:
     base = {"REDIS_URL": redis_url, "JWT_SECRET": "test-secret-" + "x" * 32, "SR_AUTH__BCRYPT_ROUNDS": "4"}
+    if CLUSTER_PASS:
+        base["REDIS_CLUSTER"] = "1"
     base.update(env)
     return load_settings(env=base)
 

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-import redis.asyncio as aioredis
 import requests
 import schemathesis
 from hypothesis import given
@@ -32,7 +30,7 @@ from schemathesis.config import SchemathesisConfig
 from gateway.rest import openapi as openapi_links
 from shared import ledger, ledger_store, tokens
 from tests.fuzzing import fuzz_settings
-from tests.servers import make_settings, run_gateway
+from tests.servers import flush_sync, make_settings, redis_client, run_gateway
 
 USERS = ("fuzz-alice", "fuzz-bob")
 FUNDS = {"USDT": "1000000", "BTC": "100", "ETH": "1000", "SOL": "10000", "XRP": "100000", "DOGE": "1000000"}
@@ -118,8 +116,8 @@ def fund(gw: LiveGateway, session: requests.Session, users: tuple[str, ...] = US
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_server: Any) -> Iterator[LiveGateway]:
-    with LiveGateway(redis_server.url) as gw, requests.Session() as session:
+def gateway(redis_base_url: str) -> Iterator[LiveGateway]:
+    with LiveGateway(redis_base_url) as gw, requests.Session() as session:
         fund(gw, session)
         yield gw
 
@@ -188,7 +186,7 @@ def run_mode(gateway: LiveGateway, schema: Any, mode: GenerationMode, examples: 
 
 def check_ledgers(redis_url: str) -> None:
     async def main() -> None:
-        r = aioredis.Redis.from_url(redis_url)
+        r = redis_client(redis_url)
         try:
             for user in USERS:
                 acct = await ledger_store.get_account(r, user)
@@ -201,17 +199,17 @@ def check_ledgers(redis_url: str) -> None:
     asyncio.run(main())
 
 
-def test_positive_requests_follow_the_schema(gateway: LiveGateway, schema: Any, redis_server: Any) -> None:
+def test_positive_requests_follow_the_schema(gateway: LiveGateway, schema: Any, redis_base_url: str) -> None:
     run_mode(gateway, schema, GenerationMode.POSITIVE, 60)
-    check_ledgers(redis_server.url)
+    check_ledgers(redis_base_url)
 
 
-def test_negative_requests_get_clean_4xx(gateway: LiveGateway, schema: Any, redis_server: Any) -> None:
+def test_negative_requests_get_clean_4xx(gateway: LiveGateway, schema: Any, redis_base_url: str) -> None:
     run_mode(gateway, schema, GenerationMode.NEGATIVE, 60)
-    check_ledgers(redis_server.url)
+    check_ledgers(redis_base_url)
 
 
-def test_stateful_links(gateway: LiveGateway, redis_server: Any) -> None:
+def test_stateful_links(gateway: LiveGateway, redis_base_url: str) -> None:
     """Chains along the document's links: an order placed is read, modified, cancelled by its token_id (from
     the answer), a registered user logs in with the same credentials; every step under every check."""
     schema = load_schema(gateway)
@@ -224,11 +222,7 @@ def test_stateful_links(gateway: LiveGateway, redis_server: Any) -> None:
         def setup(self) -> None:
             # Each scenario from the same state: hypothesis replays a scenario and expects the same answers
             # (a token_id or username used by an earlier scenario would now be a 409).
-            sync = redis.Redis.from_url(redis_server.url)
-            try:
-                sync.flushdb()
-            finally:
-                sync.close()
+            flush_sync(redis_base_url)
             fund(gateway, session, USERS[:1])
 
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
@@ -246,4 +240,4 @@ def test_stateful_links(gateway: LiveGateway, redis_server: Any) -> None:
     # The chains did run: orders placed, then read and cancelled through the link.
     assert seen[("POST", "/orders", 201)] and seen[("GET", "/orders/{token_id}", 200)], seen
     assert seen[("DELETE", "/orders/{token_id}", 200)], seen
-    check_ledgers(redis_server.url)
+    check_ledgers(redis_base_url)

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 
 from shared import tokens
 from shared.settings import Settings
-from tests.servers import make_settings, run_gateway
+from tests.servers import make_settings, redis_client, run_gateway
 from tests.trading_helpers import auth
 
 pytestmark = pytest.mark.asyncio
@@ -61,7 +61,7 @@ class Api:
 @pytest.fixture
 async def api(redis_url: str) -> AsyncIterator[Api]:
     settings = make_settings(redis_url)
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     try:
         async with run_gateway(redis_url, settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
             a = Api(c, r, settings, auth(settings, "alice-id"), auth(settings, "bob-id"), base)

@@ -18,6 +18,7 @@ from shared import names, tokens
 from shared.schema import BBO, Book, FeedStatus, encode
 from shared.settings import Settings
 from shared.timeutil import now_us
+from tests.servers import redis_client
 
 
 def auth(settings: Settings, user_id: str) -> dict[str, str]:
@@ -55,7 +56,7 @@ async def matcher(settings: Settings, redis_url: str, *, live: tuple[str, ...] =
     try:
         await asyncio.wait_for(ready.wait(), 10)
         if live:
-            r = aioredis.Redis.from_url(redis_url)
+            r = redis_client(redis_url)
             try:
                 for ex in live:
                     await publish_status(r, ex)
@@ -99,7 +100,7 @@ async def wait_status(c: httpx.AsyncClient, token: str, status: str, headers: di
 async def events(redis_url: str, user_id: str) -> AsyncIterator[list[dict[str, Any]]]:
     """Collects the user's order events while the block runs."""
     got: list[dict[str, Any]] = []
-    r = aioredis.Redis.from_url(redis_url)
+    r = redis_client(redis_url)
     ps = r.pubsub()
     await ps.subscribe(names.user_events_channel(user_id))
 
