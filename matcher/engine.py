@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -41,6 +42,8 @@ from shared.settings import EXCHANGES, Settings
 from shared.timeutil import now_us
 
 log = logging.getLogger("matcher")
+# A cluster failing over or moving slots: start again from Redis, as after a lost connection.
+CLUSTER_TRANSIENT = (ClusterError, AskError, TryAgainError, RedisClusterException)
 
 RECONCILE_S = 60.0  # a safety net only: the open sets are read again this often (no scan)
 INTAKE_BLOCK_MS = 1000
@@ -454,10 +457,11 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
     me = uuid.uuid4().hex
     while not stop.is_set():
         r = connect(redis_url or settings.redis.url)
+        ledger_store.require_replicas(r, settings.redis.replica_acks, settings.redis.replica_ack_timeout_ms)
         m = Matcher(settings, r, me)
         try:
             await m.run(stop, reconcile_s, ready)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        except (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_TRANSIENT) as e:
             metrics.REDIS_RECONNECTS.inc()
             log.warning("redis connection lost (%s); reconnecting in %.1fs", e, backoff)
             with contextlib.suppress(TimeoutError):
