@@ -352,7 +352,7 @@ class _Sharded:
                 elif msg["type"] == "sunsubscribe":
                     channel = _text(msg["channel"])
                     if not link.unsubscribed(channel):
-                        log.warning("redis cluster dropped %s from %s (slot moved): resubscribing", channel, link.node)
+                        log.debug("redis cluster dropped %s from %s (slot moved)", channel, link.node)
                         if self._place.get(channel) is link:
                             del self._place[channel]
                         self._trouble.set()
@@ -407,6 +407,9 @@ class _Sharded:
                     self._trouble.set()
             nodes[node.name] = node
             todo.setdefault((node.name, slot), []).append(channel)
+        if todo:
+            log.warning("redis cluster pub/sub: subscribing %d channel(s) on %s", sum(map(len, todo.values())),
+                        ", ".join(sorted(nodes)))
         for (name, _), channels in todo.items():
             await self._subscribe(nodes[name], channels)
         for idle in [lk for lk in self._links.values() if not lk.channels]:
