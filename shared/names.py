@@ -8,6 +8,8 @@ Channels (pub/sub, payloads are JSON from ``shared.schema``)::
     md:status:<exchange>           feed state changes (up / stale / down)
     orders:events:{u:<user_id>}        a user's order events
 
+On a Redis Cluster the md channels and md:last keys carry a partition tag (``Keyspace``): ``md:{p3.17}:bbo:...``.
+
 Keys::
 
     md:last:bbo:<exchange>:<SYMBOL>   latest bbo message (string, JSON)

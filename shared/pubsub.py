@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -366,9 +367,16 @@ class _Sharded:
             self._trouble.set()
 
     async def _keep(self) -> None:
-        backoff = 0.2
+        loop = asyncio.get_running_loop()
+        backoff, last = 0.2, -math.inf
         while True:
             await self._trouble.wait()
+            if loop.time() - last < 1.0:  # again right after a round (it failed, or was undone at once): no spin
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.2
+            last = loop.time()
             try:
                 async with self._lock:
                     self._trouble.clear()
@@ -379,10 +387,7 @@ class _Sharded:
                 self._trouble.set()
                 self._hub.reconnect_failures += 1
                 log.warning("redis cluster pub/sub: resubscribing failed (%r); again in %.1fs", e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
                 continue
-            backoff = 0.2
             self._hub._resubscribed()
 
     async def _replace(self) -> None:
