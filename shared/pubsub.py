@@ -42,6 +42,8 @@ Dispatch = Callable[[str, bytes], None]
 
 
 class RedisHub:
+    """One per process and purpose; ``cluster``: sharded pub/sub on a Redis Cluster (the module's docstring)."""
+
     def __init__(self, redis_url: str, cluster: bool, dispatch: Dispatch,
                  on_resubscribed: Callable[[], None] | None = None) -> None:
         self._dispatch = dispatch

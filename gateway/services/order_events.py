@@ -2,8 +2,8 @@
 final-state waits of market and IOC orders.
 
 One ``RedisHub`` subscribes ``orders:events:{u:<user_id>}`` (``shared.names.user_events_channel``; on a cluster a
-shard channel in the user's slot, ``SSUBSCRIBE``d like any other), reference counted: the first listener of a user (or the first order waiting for its final state) subscribes the channel,
-the last one leaving unsubscribes. Each event is decoded once into an ``OrderEvent`` and handed to every
+shard channel in the user's slot, ``SSUBSCRIBE``d like any other), reference counted: the first listener of a user
+(or the first order waiting for its final state) subscribes the channel, the last one leaving unsubscribes. Each event is decoded once into an ``OrderEvent`` and handed to every
 listener of its user; listeners must not block (the WebSocket's only appends to its queues).
 """
 
