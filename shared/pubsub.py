@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import MovedError
 
 from shared.redis_conn import connect, connect_cluster, seeds
 
@@ -252,7 +253,6 @@ class _Link:
             if not self.leaving[channel]:
                 del self.leaving[channel]
             return True
-        self.channels.discard(channel)
         return False
 
     async def close(self) -> None:
@@ -297,6 +297,10 @@ class _Sharded:
         self._place.clear()
         if self._cluster:
             await self._cluster.aclose()
+
+    def _slot(self, channel: str) -> int:
+        assert self._cluster is not None
+        return self._cluster.keyslot(channel)
 
     def _owner(self, channel: str) -> tuple[ClusterNode, int]:
         assert self._cluster is not None
@@ -345,28 +349,36 @@ class _Sharded:
         await link.close()
 
     async def _read(self, link: _Link) -> None:
-        try:
-            while True:
+        while True:
+            try:
                 msg = await link.pubsub.get_message(timeout=1.0)
-                if msg is None:
-                    continue
-                if msg["type"] == "smessage":
-                    self._hub._deliver(_text(msg["channel"]), msg["data"])
-                elif msg["type"] == "sunsubscribe":
-                    channel = _text(msg["channel"])
-                    if not link.unsubscribed(channel):
-                        log.debug("redis cluster dropped %s from %s (slot moved)", channel, link.node)
-                        if self._place.get(channel) is link:
-                            del self._place[channel]
-                        self._trouble.set()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            # A lost connection; MOVED (the slot left before we heard); or, after a failover, redis-py's
-            # RuntimeError("pubsub connection not set"): all the same, the channels go to the slots' masters.
-            log.warning("redis pub/sub connection to %s lost (%r): resubscribing its channels", link.node, e)
-            link.lost = True
-            self._trouble.set()
+            except asyncio.CancelledError:
+                raise
+            except MovedError as e:  # one SSUBSCRIBE refused: that slot is elsewhere now, the connection is fine
+                self._misplaced(link, [ch for ch in link.channels if self._slot(ch) == e.slot_id])
+                continue
+            except Exception as e:
+                # A lost connection or, after a failover, redis-py's RuntimeError("pubsub connection not set"): all
+                # the same, the link's channels go to their slots' masters.
+                log.warning("redis pub/sub connection to %s lost (%r): resubscribing its channels", link.node, e)
+                link.lost = True
+                self._trouble.set()
+                return
+            if msg is None:
+                continue
+            if msg["type"] == "smessage":
+                self._hub._deliver(_text(msg["channel"]), msg["data"])
+            elif msg["type"] == "sunsubscribe":
+                channel = _text(msg["channel"])
+                if not link.unsubscribed(channel):  # the server's own: the slot migrated, or its master failed over
+                    self._misplaced(link, [channel])
+
+    def _misplaced(self, link: _Link, channels: list[str]) -> None:
+        for channel in channels:
+            link.channels.discard(channel)
+            if self._place.get(channel) is link:
+                del self._place[channel]
+        self._trouble.set()
 
     async def _keep(self) -> None:
         loop = asyncio.get_running_loop()

@@ -186,6 +186,31 @@ async def test_reference_counting_and_unsubscribe(cluster_url: str, rc: RedisClu
         await hub.stop()
 
 
+async def test_a_moved_reply_sends_the_channel_to_the_slots_master(cluster_url: str, rc: RedisCluster) -> None:
+    """The hub's slot map names the wrong master for a slot (as after a migration it has not heard of): that node
+    answers the SSUBSCRIBE with MOVED, the hub reads the slot map again and subscribes on the slot's master. The
+    connection that got the MOVED is fine: it stays, with its other channel."""
+    ch, other = KS.md_channel("bbo", "okx", "BTCUSDT"), KS.md_channel("bbo", "okx", "ETHUSDT")
+    owner, wrong = rc.get_node_from_key(ch), rc.get_node_from_key(other)
+    assert owner is not None and wrong is not None and owner.name != wrong.name
+    rec = Recorder()
+    hub = await open_hub(cluster_url, rec)
+    try:
+        await hub.acquire(other)
+        await wait_subscribers(rc, [other], 1)
+        link = hub._conn._links[wrong.name]  # type: ignore[attr-defined]
+        nodes = hub._conn._cluster.nodes_manager  # type: ignore[attr-defined]
+        nodes.slots_cache[rc.keyslot(ch)] = [nodes.get_node(node_name=wrong.name)]
+        await hub.acquire(ch)
+        await wait_subscribers(rc, [ch], 1)
+        assert await spublish(rc, ch, "found") == 1 and await spublish(rc, other, "kept") == 1
+        await rec.until(lambda: rec.of(ch) == [b"found"] and rec.of(other) == [b"kept"], 5, "both channels")
+        assert rec.resubscribed == 1 and hub.reconnect_failures == 0
+        assert hub._conn._links[wrong.name] is link and link.channels == {other}  # type: ignore[attr-defined]
+    finally:
+        await hub.stop()
+
+
 async def every_channel_delivers(rc: RedisCluster, rec: Recorder, channels: Sequence[str], tag: str,
                                  within: float = 30.0) -> float:
     """Publish ``<tag>`` on every channel until each has delivered it; the seconds it took."""
