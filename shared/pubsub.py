@@ -303,8 +303,9 @@ class _Sharded:
         return self._cluster.keyslot(channel)
 
     def _owner(self, channel: str) -> tuple[ClusterNode, int]:
+        """The master of ``channel``'s slot, by the slot map as last read, and the slot."""
         assert self._cluster is not None
-        slot = self._cluster.keyslot(channel)
+        slot = self._slot(channel)
         return self._cluster.nodes_manager.get_node_from_slot(slot), slot
 
     async def sync(self, channel: str) -> None:

@@ -1,6 +1,6 @@
 """The pub/sub hub (shared/pubsub.py) on the embedded Redis Cluster: sharded channels spread over every master,
-reference counting, and resubscription after a master failover (a manual one: the server unsubscribes; a crash:
-the connection is lost). Real servers, nothing mocked."""
+reference counting, a MOVED reply, and resubscription after a master failover (a manual one: the server
+unsubscribes; a crash: the connection is lost). Real servers, nothing mocked."""
 
 from __future__ import annotations
 
