@@ -10,7 +10,6 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from gateway import metrics
@@ -23,7 +22,7 @@ from gateway.services.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.services.order_events import OrderEvents
 from gateway.services.trading import Trading
 from shared import gctune, names, tokens
-from shared.redis_conn import connect
+from shared.redis_conn import Client, connect_any
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("gateway")
@@ -49,7 +48,7 @@ def check_settings(settings: Settings) -> None:
         ) from None
 
 
-async def shared_secret(redis: aioredis.Redis) -> str:
+async def shared_secret(redis: Client) -> str:
     """The secret kept in Redis, made up by whichever gateway process asks first (``SET NX``: all agree)."""
     await redis.set(names.JWT_SECRET_KEY, secrets.token_urlsafe(48), nx=True)
     raw = await redis.get(names.JWT_SECRET_KEY)
@@ -64,7 +63,7 @@ async def shared_secret(redis: aioredis.Redis) -> str:
     return value
 
 
-async def resolve_secret(settings: Settings, redis: aioredis.Redis) -> Settings:
+async def resolve_secret(settings: Settings, redis: Client) -> Settings:
     """``settings`` with the JWT secret every route, the WebSocket and token issuing use."""
     if settings.auth.jwt_secret:
         return settings
@@ -82,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = connect(settings.redis.url)
+        app.state.redis = connect_any(settings.redis.url, settings.redis.cluster)
         # Every reader of the secret goes through app.state.settings (REST deps, WebSocket, token issuing).
         app.state.settings = await resolve_secret(settings, app.state.redis)
         app.state.users = UserStore(app.state.redis)
@@ -94,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.hasher.start()
         app.state.market = MarketData(settings)
         await app.state.market.start()
-        app.state.order_events = OrderEvents(settings.redis.url)
+        app.state.order_events = OrderEvents(settings.redis.url, settings.redis.cluster)
         await app.state.order_events.start()
         app.state.orders_stream = order_actions.OrdersStream(app.state.order_events)
         app.state.trading = Trading(app.state.redis, app.state.settings, final=app.state.order_events)

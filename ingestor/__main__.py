@@ -16,7 +16,7 @@ from ingestor.planning import Shard, parse_shard, select_pairs, status_suffix
 from ingestor.service import Ingestor
 from shared.logs import setup_logging
 from shared.prom import serve
-from shared.redis_conn import connect
+from shared.redis_conn import connect_any
 from shared.settings import EXCHANGES, get_settings
 
 log = logging.getLogger("ingestor")
@@ -26,7 +26,7 @@ async def main(exchange: str, shard: Shard | None = None, only: Sequence[str] = 
     settings = get_settings()
     pairs = select_pairs(settings.pairs, shard, only)
     suffix = status_suffix(shard, only)
-    redis = connect(settings.redis.url or "redis://127.0.0.1:6379/0")
+    redis = connect_any(settings.redis.url or "redis://127.0.0.1:6379/0", settings.redis.cluster)
     ingestor = Ingestor(settings, exchange, redis, pairs=pairs, status_suffix=suffix)
     log.info("%s: %d pairs%s on %d connection(s)", exchange, len(pairs), f" (shard {suffix})" if suffix else "",
              len(ingestor.links), extra={"fields": {"event": "ingestor_plan", "exchange": exchange, "shard": suffix,

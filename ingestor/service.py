@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from ingestor import binance, okx
 from ingestor.connection import ConnectionSupervisor, ConnState, Endpoint, FrameHandler, Pacer
 from ingestor.parsing import Control, FrameError, ParseResult
@@ -28,6 +26,7 @@ from ingestor.planning import ConnectionPlan, feed_status_key
 from ingestor.publisher import Publisher, status_hash_fields
 from ingestor.stats import FeedStats, RateLimitedLog, feed_state
 from shared.feed_health import HEARTBEAT_S
+from shared.redis_conn import Client
 from shared.schema import FeedState, FeedStatus
 from shared.settings import Pair, Settings
 from shared.timeutil import now_us
@@ -93,7 +92,7 @@ class Link:
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, exchange: str, redis: aioredis.Redis, *,
+    def __init__(self, settings: Settings, exchange: str, redis: Client, *,
                  endpoint: Endpoint | None = None, pairs: Sequence[Pair] | None = None,
                  status_suffix: str = "") -> None:
         """``endpoint`` replaces the exchange's own planned connections with this one (tests); ``pairs`` (default:
@@ -103,7 +102,8 @@ class Ingestor:
         self.pairs = tuple(settings.pairs if pairs is None else pairs)
         self.status_suffix = status_suffix
         self.parser = make_parser(exchange, settings)
-        self.publisher = Publisher(redis, exchange, status_key=feed_status_key(exchange, status_suffix))
+        self.publisher = Publisher(redis, exchange, keyspace=settings.redis.keyspace,
+                                   status_key=feed_status_key(exchange, status_suffix))
         self.stats = FeedStats()
         if endpoint is not None:
             planned: list[tuple[ConnectionPlan | None, Endpoint]] = [(None, endpoint)]

@@ -6,7 +6,9 @@ For a shard it takes it loads the open orders (its open set), claims the intake 
 but never acknowledged, then follows the shard's intake stream: every order change arrives there, written by the
 order's own transaction, so none is missed whatever crashed when. Nothing here grows with the number of users.
 
-Market data and feed status arrive over pub/sub; after a lost connection everything is loaded again. Every
+Market data and feed status arrive over pub/sub (``shared.pubsub.RedisHub``: the bbo, book and status channels of
+every configured pair and exchange, by name, as a cluster has no patterns); after a lost subscription everything is
+loaded again. Every
 settlement is decided again inside its own Redis transaction (``shared.ledger_store.execute``), so a stale index
 entry, a second matcher or a restart in the middle can never apply a fill twice.
 """
@@ -22,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,7 +37,8 @@ from shared.errors import DomainError
 from shared.feed_health import FeedHealth
 from shared.ledger import Order, PairRules
 from shared.matching import REST, Decide, Decision, decide_arrival, decide_resting, views_for
-from shared.redis_conn import Client, connect
+from shared.pubsub import RedisHub
+from shared.redis_conn import Client, connect_any
 from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
 from shared.settings import EXCHANGES, Settings
 from shared.timeutil import now_us
@@ -76,9 +78,12 @@ class Intent:
 
 
 class Matcher:
-    def __init__(self, settings: Settings, redis: Client, me: str | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Client, me: str | None = None, *,
+                 redis_url: str | None = None) -> None:
         self.settings = settings
         self.r = redis
+        self.redis_url = redis_url or settings.redis.url  # the pub/sub hub's own connections
+        self.keyspace = settings.redis.keyspace
         self.me = me or uuid.uuid4().hex
         self.total = settings.matcher.shards
         self.leases = shards.Leases(redis, self.total, self.me, settings.matcher.lease_ms)
@@ -104,7 +109,7 @@ class Matcher:
     async def load_snapshots(self) -> None:
         keys: list[tuple[str, str, str]] = [(kind, ex, sym) for kind in ("bbo", "book") for ex in EXCHANGES
                                             for sym in self.settings.symbols]
-        raws = await self.r.mget([names.md_last_key(*k) for k in keys])
+        raws = await _mget(self.r, [self.keyspace.md_last_key(*k) for k in keys])
         for raw in raws:
             if raw is not None:
                 self._on_md(raw, check=False)
@@ -347,20 +352,16 @@ class Matcher:
         elif sym is not None and self.owns(sym):
             await self.match_symbol(sym)
 
-    def _on_reconnect(self, _conn: AbstractConnection) -> None:
-        self.resync = True
+    def md_channels(self) -> list[str]:
+        ks = self.keyspace
+        return [ks.md_channel(kind, ex, sym) for kind in ("bbo", "book") for ex in EXCHANGES
+                for sym in self.settings.symbols] + [ks.status_channel(ex) for ex in EXCHANGES]
 
-    async def _read_md(self, pubsub: aioredis.client.PubSub) -> None:
-        try:
-            while True:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is not None and msg["type"] in ("message", "pmessage"):
-                    ch = msg["channel"]
-                    self.inbox.put_nowait(("md", ch.decode() if isinstance(ch, bytes) else ch, msg["data"]))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.inbox.put_nowait(("error", e, None))
+    def _on_md_message(self, channel: str, data: bytes) -> None:
+        self.inbox.put_nowait(("md", channel, data))
+
+    def _on_resubscribed(self) -> None:
+        self.resync = True
 
     async def lease_round(self) -> None:
         gained, lost = await self.leases.round()
@@ -382,14 +383,13 @@ class Matcher:
     async def run(self, stop: asyncio.Event, reconcile_s: float, ready: asyncio.Event | None = None) -> None:
         """Serve until ``stop``; ``ready`` is set once the first lease round is done (every shard this matcher could
         take is taken, its orders loaded and matched)."""
-        pubsub = self.r.pubsub()
-        md: asyncio.Task[None] | None = None
+        hub = RedisHub(self.redis_url, self.settings.redis.cluster, self._on_md_message,
+                       on_resubscribed=self._on_resubscribed)
         try:
-            await pubsub.psubscribe(names.md_pattern("bbo"), names.md_pattern("book"), names.status_channel("*"))
-            assert pubsub.connection is not None
-            pubsub.connection.register_connect_callback(self._on_reconnect)
+            await hub.start()
+            for ch in self.md_channels():
+                await hub.acquire(ch)
             await self.load_snapshots()
-            md = asyncio.create_task(self._read_md(pubsub), name="md-reader")
             await self.lease_round()
             log.info("matcher %s ready: shards %s of %d, %d resting orders", self.me[:8],
                      sorted(self.leases.held) or "none (standby)", self.total, len(self.index))
@@ -411,7 +411,7 @@ class Matcher:
                     kind, a, b = await asyncio.wait_for(self.inbox.get(), 0.2)
                 except TimeoutError:
                     kind, a, b = "", None, None
-                if self.resync:  # pub/sub reconnected under us: market data may have been lost
+                if self.resync:  # pub/sub resubscribed: market data may have been lost
                     self.resync = False
                     self.started = time.monotonic()
                     await self.reload()
@@ -431,12 +431,11 @@ class Matcher:
                     next_reconcile = time.monotonic() + reconcile_s
                     await self.reload()
         finally:
-            for task in [md, *self.readers.values()]:
-                if task is not None:
-                    task.cancel()
+            for task in self.readers.values():
+                task.cancel()
             self.readers.clear()
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await hub.stop()
             if stop.is_set():  # a clean stop: hand the shards over at once rather than let the leases expire
                 with contextlib.suppress(Exception):
                     await self.leases.release_all()
@@ -456,9 +455,10 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
     backoff = 0.2
     me = uuid.uuid4().hex
     while not stop.is_set():
-        r = connect(redis_url or settings.redis.url)
+        url = redis_url or settings.redis.url
+        r = connect_any(url, settings.redis.cluster)
         ledger_store.require_replicas(r, settings.redis.replica_acks, settings.redis.replica_ack_timeout_ms)
-        m = Matcher(settings, r, me)
+        m = Matcher(settings, r, me, redis_url=url)
         try:
             await m.run(stop, reconcile_s, ready)
         except (RedisConnectionError, RedisTimeoutError, OSError, *CLUSTER_TRANSIENT) as e:
@@ -470,3 +470,10 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
         finally:
             with contextlib.suppress(Exception):
                 await r.aclose()
+
+
+async def _mget(r: Client, keys: list[str]) -> list[Any]:
+    """MGET; on a cluster the keys span slots, so one MGET per slot (redis-py's ``mget_nonatomic``)."""
+    if isinstance(r, RedisCluster):
+        return await r.mget_nonatomic(keys)
+    return await r.mget(keys)

@@ -8,6 +8,8 @@ Channels (pub/sub, payloads are JSON from ``shared.schema``)::
     md:status:<exchange>           feed state changes (up / stale / down)
     orders:events:{u:<user_id>}        a user's order events
 
+On a Redis Cluster the md channels and md:last keys carry a partition tag (``Keyspace``): ``md:{p3.17}:bbo:...``.
+
 Keys::
 
     md:last:bbo:<exchange>:<SYMBOL>   latest bbo message (string, JSON)
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import zlib
 
 from redis.crc import key_slot
@@ -157,8 +160,10 @@ class Keyspace:
         return "SPUBLISH" if self.cluster else "PUBLISH"
 
     def tag(self, name: str) -> str:
-        """The partition hash tag of a symbol (or an exchange's status): ``{p3.17}``."""
-        return "{" + partition_tags(self.partitions)[zlib.crc32(name.encode()) % self.partitions] + "}"
+        """The partition hash tag of a symbol (or an exchange's status): ``{p3.17}``. By a well-mixed hash: CRC-32
+        is affine, so names that differ in a character or two (``S1USDT``..``S9USDT``) share few partitions."""
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        return "{" + partition_tags(self.partitions)[int.from_bytes(digest, "big") % self.partitions] + "}"
 
     def md_channel(self, kind: str, exchange: str, symbol: str) -> str:
         if not self.cluster:

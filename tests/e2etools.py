@@ -18,6 +18,8 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from shared import names
+from shared.pubsub import RedisHub
+from shared.redis_conn import connect_cluster
 from shared.schema import FeedStatus, Message, decode
 from shared.settings import DEFAULT_CONFIG, ROOT
 from simulator import Simulator
@@ -37,10 +39,11 @@ Pred = Callable[[str, Message], bool]
 
 
 class MdSink:
-    """Pattern-subscribes ``md:*`` and records every message (channel, decoded message) in arrival order."""
+    """Records every market-data message (channel, decoded message) in arrival order: on one server by pattern
+    (``md:*``); on a cluster (no patterns) the explicit ``channels``, through the shared hub's sharded pub/sub."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+    def __init__(self, keyspace: names.Keyspace = names.SINGLE) -> None:
+        self.keyspace = keyspace
         self.items: list[tuple[str, Message]] = []
         self.raw: list[tuple[str, bytes]] = []
         self._new = asyncio.Event()
@@ -48,9 +51,14 @@ class MdSink:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, redis_url: str, pattern: str = "md:*") -> AsyncIterator[MdSink]:
+    async def open(cls, redis_url: str, pattern: str = "md:*", *, cluster: bool = False,
+                   channels: Iterable[str] = ()) -> AsyncIterator[MdSink]:
+        if cluster:
+            async with cls._sharded(redis_url, list(channels)) as sink:
+                yield sink
+            return
         r = aioredis.Redis.from_url(redis_url)
-        sink = cls(r)
+        sink = cls()
         ps = r.pubsub()
         await ps.psubscribe(pattern)
         sink._task = asyncio.create_task(sink._read(ps))
@@ -63,15 +71,32 @@ class MdSink:
             await ps.aclose()
             await r.aclose()
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def _sharded(cls, redis_url: str, channels: list[str]) -> AsyncIterator[MdSink]:
+        assert channels, "a cluster has no pattern subscriptions: name the channels"
+        sink = cls(names.Keyspace(cluster=True))
+        hub = RedisHub(redis_url, True, sink._record)
+        await hub.start()
+        try:
+            for ch in channels:
+                await hub.acquire(ch)
+            await wait_shard_subscribers(redis_url, channels)
+            yield sink
+        finally:
+            await hub.stop()
+
     async def _read(self, ps: aioredis.client.PubSub) -> None:
         while True:
             m = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if m is None or m["type"] != "pmessage":
                 continue
-            ch = m["channel"].decode()
-            self.raw.append((ch, m["data"]))
-            self.items.append((ch, decode(m["data"])))
-            self._new.set()
+            self._record(m["channel"].decode(), m["data"])
+
+    def _record(self, channel: str, data: bytes) -> None:
+        self.raw.append((channel, data))
+        self.items.append((channel, decode(data)))
+        self._new.set()
 
     def mark(self) -> int:
         """A position: ``wait(..., since=mark)`` only looks at messages that arrived after it."""
@@ -95,7 +120,7 @@ class MdSink:
                     await self._new.wait()
 
     async def status(self, exchange: str, state: str, within: float = 10.0, since: int = 0) -> FeedStatus:
-        ch = names.status_channel(exchange)
+        ch = self.keyspace.status_channel(exchange)
         try:
             m = await self.wait(lambda c, m: c == ch and isinstance(m, FeedStatus) and m.state == state, within,
                                 since)
@@ -106,9 +131,26 @@ class MdSink:
         return m
 
 
-def is_md(kind: str, exchange: str, symbol: str) -> Pred:
-    ch = names.md_channel(kind, exchange, symbol)
+def is_md(kind: str, exchange: str, symbol: str, keyspace: names.Keyspace = names.SINGLE) -> Pred:
+    ch = keyspace.md_channel(kind, exchange, symbol)
     return lambda c, m: c == ch
+
+
+async def wait_shard_subscribers(redis_url: str, channels: Iterable[str], n: int = 1, within: float = 10.0) -> None:
+    """Every shard channel has ``n`` subscribers on the master of its slot (``PUBSUB SHARDNUMSUB``)."""
+    rc = connect_cluster(redis_url)
+    try:
+        await rc.initialize()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        for ch in channels:
+            node = rc.get_node_from_key(ch)
+            assert node is not None
+            while (await rc.pubsub_shardnumsub(ch, target_nodes=node))[0][1] != n:
+                assert loop.time() < deadline, f"{ch}: not {n} subscriber(s) on its master"
+                await asyncio.sleep(0.05)
+    finally:
+        await rc.aclose()
 
 
 async def wait_until(cond: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = 10.0,
@@ -132,10 +174,12 @@ async def feed_hash(redis: aioredis.Redis, exchange: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def process_env(redis_url: str, sim: Simulator | None = None, **env: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith("SR_")}
+def process_env(redis_url: str, sim: Simulator | None = None, *, cluster: bool = False, **env: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("SR_") and k != "REDIS_CLUSTER"}
     out.update(FAST_ENV)
     out.update(REDIS_URL=redis_url, SR_CONFIG=str(DEFAULT_CONFIG), PYTHONUNBUFFERED="1")
+    if cluster:
+        out["REDIS_CLUSTER"] = "1"
     if sim is not None:
         out.update(BINANCE_WS_URL=sim.binance_url, OKX_WS_URL=sim.okx_url)
     out.update(env)
@@ -157,13 +201,14 @@ class Procs:
 @contextlib.asynccontextmanager
 async def ingestor_processes(redis_url: str, sim: Simulator | None, log_dir: Path,
                              exchanges: Iterable[str] = ("binance", "okx"), check_exit: bool = True,
-                             **env: str) -> AsyncIterator[Procs]:
-    """``python -m ingestor <ex>`` for each exchange, pointed at ``sim``; SIGTERM (then SIGKILL) on the way out.
+                             cluster: bool = False, **env: str) -> AsyncIterator[Procs]:
+    """``python -m ingestor <ex>`` for each exchange, pointed at ``sim`` (on a Redis Cluster with ``cluster``: the
+    seeds in ``redis_url``); SIGTERM (then SIGKILL) on the way out.
 
     With ``check_exit`` every process must still be running at the end and exit 0 on SIGTERM.
     """
     procs = Procs()
-    penv = process_env(redis_url, sim, **env)
+    penv = process_env(redis_url, sim, cluster=cluster, **env)
     try:
         for ex in exchanges:
             path = log_dir / f"ingestor-{ex}.log"

@@ -16,8 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from shared import names
+from shared.embedded_cluster import EmbeddedCluster
+from shared.redis_conn import connect_any
 from shared.schema import BBO, Book, FeedStatus, Trade, decode
 from shared.settings import ROOT, load_settings
 from simulator import Simulator
@@ -335,25 +338,88 @@ async def test_gateway_best_touch_and_trades_from_the_simulator(tmp_path: Path, 
         await c.until(touch_is("all", (60000.2, "okx", 60000.3, "binance", both)), 15)
 
 
+async def test_on_a_cluster_every_pair_reaches_a_websocket_client(tmp_path: Path, redis_cluster: EmbeddedCluster,
+                                                                cluster_url: str) -> None:
+    """Cluster mode end to end: simulator -> ingestor processes (``REDIS_CLUSTER=1``, every node a seed in
+    ``REDIS_URL``) -> sharded pub/sub over 3 masters -> gateway (cluster mode) -> /ws: each exchange's best touch,
+    the best of both, and the trades of every configured pair, with their exact prices."""
+    seeds = redis_cluster.urls
+    quiet = {"SR_FEEDS__STALE_AFTER_S": "30", "SR_FEEDS__IDLE_TIMEOUT_S": "30"}  # the walk is paused: no data
+    ks = names.Keyspace(cluster=True)
+    assert len({redis_cluster.owner_of_slot(key_slot(ks.slot_key(ks.md_channel("bbo", "okx", s)).encode())).port
+                for s in QUOTES}) >= 2
+    async with (Simulator(settings=SETTINGS, seed=5) as sim,
+                ingestor_processes(seeds, sim, tmp_path, cluster=True, **quiet) as procs,
+                run_gateway(seeds, REDIS_CLUSTER="1", **quiet) as base,
+                ws_client(base, tok=token()) as c):
+        sim.pause()
+        await wait_subscribed(sim)
+        want: dict[tuple[str, str], tuple] = {}
+        for sym in QUOTES:
+            q = {ex: quote_for(ex, sym) for ex in ("binance", "okx")}
+            for flt in ("binance", "okx"):
+                bid, ask, _ = q[flt]
+                want[(sym, flt)] = (float(bid), flt, float(ask), flt, (flt,))
+            # OKX quotes one tick outside Binance: Binance holds both sides of the best touch.
+            want[(sym, "all")] = (float(q["binance"][0]), "binance", float(q["binance"][1]), "binance",
+                                  ("binance", "okx"))
+            for flt in ("all", "binance", "okx"):
+                await c.subscribe(stream="best_touch", symbol=sym, exchange=flt)
+            await c.subscribe(stream="trades", symbol=sym, exchange="all")
+        for ex in ("binance", "okx"):
+            for sym in QUOTES:
+                bid, ask, px = quote_for(ex, sym)
+                await sim.server(ex).push_bbo(sym, bid=bid, ask=ask, bid_qty=SIZES[sym], ask_qty="7")
+                await sim.server(ex).push_trade(sym, price=px, qty=SIZES[sym], side="sell" if ex == "okx" else "buy")
+
+        touches: dict[tuple[str, str], tuple] = {}
+        trades: dict[str, set[tuple]] = {sym: set() for sym in QUOTES}
+        expected_trades = {sym: {(ex, float(quote_for(ex, sym)[2]), float(SIZES[sym]), "sell" if ex == "okx" else "buy")
+                                 for ex in ("binance", "okx")} for sym in QUOTES}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while any(touches.get(k) != v for k, v in want.items()) or trades != expected_trades:
+            assert loop.time() < deadline, (
+                f"touches missing: {[k for k, v in want.items() if touches.get(k) != v]}; trades: {trades}")
+            m = await c.until(lambda m: m["type"] in ("best_touch", "trades"), max(0.1, deadline - loop.time()))
+            d = m["data"]
+            if m["type"] == "best_touch":
+                touches[(d["symbol"], d["exchange"])] = _touch(m)
+            else:
+                trades[d["symbol"]].add((d["exchange"], d["price"], d["size"], d["side"]))
+        assert procs.alive("binance") and procs.alive("okx")
+    for ex in ("binance", "okx"):
+        assert "Traceback" not in procs.log(ex), procs.log(ex)[-3000:]
+
+
 # --- the matcher reads the status hash the ingestor writes -------------------------------------------------
 
 
-async def test_matcher_snapshot_trusts_the_ingestors_status_hash(redis_url: str, aredis: aioredis.Redis) -> None:
+@pytest.fixture(params=["one-server", "cluster"])
+def any_redis(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """(URL, cluster): the session's redis-server, then the session's Redis Cluster."""
+    cluster = request.param == "cluster"
+    return request.getfixturevalue("cluster_url" if cluster else "redis_url"), cluster
+
+
+async def test_matcher_snapshot_trusts_the_ingestors_status_hash(any_redis: tuple[str, bool]) -> None:
     from ingestor.service import Ingestor
     from matcher.engine import Matcher
     from shared.timeutil import now_us
 
-    async with Simulator(settings=SETTINGS, seed=9) as sim:
+    redis_url, cluster = any_redis
+    async with connect_any(redis_url, cluster) as aredis, Simulator(settings=SETTINGS, seed=9) as sim:
         # The hash is rewritten every second (heartbeat): a staleness limit of 3 s trusts it, as 5 s does live.
         env = {**FAST_ENV, "REDIS_URL": redis_url, "BINANCE_WS_URL": sim.binance_url, "OKX_WS_URL": sim.okx_url,
-               "SR_FEEDS__STALE_AFTER_S": "3"}
+               "SR_FEEDS__STALE_AFTER_S": "3", **({"REDIS_CLUSTER": "1"} if cluster else {})}
         settings = load_settings(env=env)
+        ks = settings.redis.keyspace
         ings = [Ingestor(settings, ex, aredis) for ex in ("binance", "okx")]
         tasks = [asyncio.create_task(i.run()) for i in ings]
         try:
             for ex in ("binance", "okx"):
                 await wait_until(lambda ex=ex: _hash_has(aredis, ex, state="up"), 15, f"{ex} up in the hash")
-                await wait_until(lambda ex=ex: aredis.exists(names.md_last_key("bbo", ex, "BTCUSDT")), 15,
+                await wait_until(lambda ex=ex: aredis.exists(ks.md_last_key("bbo", ex, "BTCUSDT")), 15,
                                  f"{ex} BTCUSDT bbo snapshot")
             m = Matcher(settings, aredis)
             await m.load_snapshots()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from ingestor.publisher import Publisher
+from ingestor.publisher import Publisher, script_calls
 from shared import names
+from shared.redis_conn import connect_cluster
 from shared.schema import BBO, Book, FeedStatus, Trade, decode
+from tests.e2etools import MdSink
 
 D = Decimal
 
@@ -90,3 +94,82 @@ async def test_overflow_drops_oldest_and_redis_failure_does_not_raise(redis_url:
     await pub.flush()  # Redis is unreachable: counted, logged, no exception
     assert pub.errors >= 1 and pub.dropped == 150 and pub.published == 0
     await dead.aclose()
+
+
+# --- the batch cut into script calls (pure), and on the embedded Redis Cluster -----------------------------------
+
+
+def test_one_server_one_call_a_cluster_one_call_per_partition() -> None:
+    batch = [(b"a", b"1", b"la", b""), (b"t", b"2", None, b""), (b"a", b"3", b"la", b"")]
+    [call] = script_calls(batch, "PUBLISH")
+    assert call.keys == [b"la"] and call.messages == 3
+    assert call.args == ["PUBLISH", 3, 0, b"a", b"1", b"t", b"2", b"a", b"3", b"3"]  # the snapshot: the latest
+
+    batch = [(b"x:{p1}:a", b"1", b"{p1}la", b"x:{p1}"), (b"x:{p2}:b", b"2", None, b"x:{p2}"),
+             (b"x:{p1}:a", b"3", b"{p1}la", b"x:{p1}"), (b"x:{p2}:b", b"4", None, b"x:{p2}")]
+    one, two = script_calls(batch, "SPUBLISH")
+    assert one.keys == [b"x:{p1}", b"{p1}la"]  # routed by its slot's key, then the snapshot keys
+    assert one.args == ["SPUBLISH", 2, 1, b"x:{p1}:a", b"1", b"x:{p1}:a", b"3", b"3"]
+    assert two.keys == [b"x:{p2}"] and two.args == ["SPUBLISH", 2, 1, b"x:{p2}:b", b"2", b"x:{p2}:b", b"4"]
+
+
+async def test_a_script_cannot_spublish_outside_the_masters_slots(cluster_url: str) -> None:
+    """Why one call per partition: a script routed to one master that SPUBLISHes to a channel another master owns
+    fails (a channel counts as a key of its slot)."""
+    rc = connect_cluster(cluster_url)
+    try:
+        await rc.initialize()
+        ks = names.Keyspace(cluster=True)
+        here, there = (ks.md_channel("bbo", "okx", s) for s in ("BTCUSDT", "ETHUSDT"))
+        assert rc.get_node_from_key(here) != rc.get_node_from_key(there)
+        script = "return redis.call('SPUBLISH', ARGV[1], 'x')"
+        assert await rc.eval(script, 1, ks.slot_key(here), here) == 0
+        with pytest.raises(ResponseError, match="non local key"):
+            await rc.eval(script, 1, ks.slot_key(here), there)
+    finally:
+        await rc.aclose()
+
+
+async def test_a_batch_over_many_partitions_on_a_cluster(cluster_url: str) -> None:
+    """One batch of 40 pairs (15 of the 16 partitions, on every master): every message on its channel in order, the latest
+    bbo/book of each pair in its snapshot key, no trade snapshot, the status on its own partition and in the hash."""
+    ks = names.Keyspace(cluster=True, partitions=16)
+    symbols = [f"P{i}USDT" for i in range(40)]
+    rc = connect_cluster(cluster_url)
+    await rc.initialize()
+    assert len({ks.tag(s) for s in symbols}) >= 12
+    assert len({rc.get_node_from_key(ks.md_channel("bbo", "okx", s)).name for s in symbols}) == 3  # type: ignore[union-attr]
+    msgs: list[BBO | Book | Trade] = []
+    for i in range(1, 4):
+        for s in symbols:
+            msgs.append(bbo(f"{100 + i}", i, s))
+            msgs.append(Trade("okx", s, f"{s}-{i}", D(100 + i), D("0.5"), "buy", i, i))
+    msgs += [Book("okx", s, ((D("99"), D("1")),), ((D("101"), D("2")),), 9, 1, 2) for s in symbols[:5]]
+    channels = sorted({ks.md_channel(m.type, "okx", m.symbol) for m in msgs} | {ks.status_channel("okx")})
+    pub = Publisher(rc, "okx", keyspace=ks)
+    st = FeedStatus("okx", "up", "receiving market data", 123)
+    try:
+        async with MdSink.open(cluster_url, cluster=True, channels=channels) as sink:
+            pub.submit(msgs)
+            pub.submit_status(st, {"state": "up"})
+            await pub.flush()
+            await sink.wait(lambda c, m: len(sink.items) == len(msgs) + 1, 10)
+        assert pub.published == len(msgs) + 1 and pub.batches == 1 and pub.errors == 0
+        by_channel: dict[str, list[object]] = {}
+        for ch, m in sink.items:
+            by_channel.setdefault(ch, []).append(m)
+
+        def channel_of(m: BBO | Book | Trade | FeedStatus) -> str:
+            return ks.status_channel("okx") if isinstance(m, FeedStatus) else ks.md_channel(m.type, "okx", m.symbol)
+
+        for ch in channels:
+            assert by_channel[ch] == [m for m in [*msgs, st] if channel_of(m) == ch]
+        keys = [ks.md_last_key(kind, "okx", s) for s in symbols for kind in ("bbo", "book", "trade")]
+        snaps = dict(zip(keys, await rc.mget_nonatomic(keys), strict=True))
+        for s in symbols:
+            assert decode(snaps[ks.md_last_key("bbo", "okx", s)]) == bbo("103", 3, s)
+            assert snaps[ks.md_last_key("trade", "okx", s)] is None
+        assert [decode(snaps[ks.md_last_key("book", "okx", s)]) for s in symbols[:5]] == msgs[-5:]
+        assert await rc.hgetall(names.status_key("okx")) == {b"state": b"up"}
+    finally:
+        await rc.aclose()

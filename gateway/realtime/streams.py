@@ -1,5 +1,8 @@
 """Per-topic market-data state of one gateway process, fed by the ``RedisHub``.
 
+Channel and snapshot names come from ``settings.redis.keyspace`` (plain ``md:bbo:<ex>:<SYM>`` on one server,
+partition-tagged on a cluster).
+
 - best touch: the latest BBO of each exchange per symbol (seeded from ``md:last:bbo:*`` when the channel
   is first subscribed) and the feed health from ``md:status:*``; on every change the touch of each
   subscribed ``(symbol, filter)`` topic is recomputed, serialized once and conflated into the queues;
@@ -22,16 +25,15 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from gateway.pubsub import RedisHub
 from gateway.realtime import messages
 from gateway.realtime.protocol import EXCHANGE_FILTERS, Spec, Subscription
 from gateway.realtime.queue import ClientQueue
-from shared import names
 from shared.best_touch import Touch, best_touch
 from shared.ewma import Ewma
 from shared.feed_health import FeedHealth
 from shared.klines import INTERVALS_US, Candle, KlineBuilder
-from shared.redis_conn import connect
+from shared.pubsub import RedisHub
+from shared.redis_conn import connect_any
 from shared.schema import BBO, FeedStatus, SchemaError, Trade, decode
 from shared.settings import EXCHANGES, Settings
 from shared.timeutil import now_us
@@ -60,7 +62,8 @@ class _EwmaSub:
 class MarketData:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = RedisHub(settings.redis.url, self.dispatch)
+        self.keyspace = settings.redis.keyspace
+        self.hub = RedisHub(settings.redis.url, settings.redis.cluster, self.dispatch)
         self.health = FeedHealth(settings.feeds.stale_after_s)
         self._live: tuple[str, ...] = ()
         self._quotes: dict[str, dict[str, BBO]] = {s: {} for s in settings.symbols}
@@ -73,7 +76,7 @@ class MarketData:
         }
         self._ewma: dict[tuple[str, str], list[_EwmaSub]] = {}
         self._grace_us = int(settings.ws.kline_grace_s * 1_000_000)
-        self._redis = connect(settings.redis.url)
+        self._redis = connect_any(settings.redis.url, settings.redis.cluster)
         self._ticker: asyncio.Task[None] | None = None
         self.bad_messages = 0
 
@@ -82,9 +85,9 @@ class MarketData:
     async def start(self) -> None:
         await self.hub.start()
         for ex in EXCHANGES:
-            await self.hub.acquire(names.status_channel(ex))
+            await self.hub.acquire(self.keyspace.status_channel(ex))
             for sym in self.settings.symbols:
-                await self.hub.acquire(names.md_channel("trade", ex, sym))
+                await self.hub.acquire(self.keyspace.md_channel("trade", ex, sym))
         self._ticker = asyncio.create_task(self._tick_loop(), name="md-ticker")
 
     async def stop(self) -> None:
@@ -103,7 +106,7 @@ class MarketData:
         exchanges = EXCHANGES if flt == "all" else (flt,)
         if spec.stream == "best_touch":
             for ex in exchanges:
-                if await self.hub.acquire(names.md_channel("bbo", ex, sym)):
+                if await self.hub.acquire(self.keyspace.md_channel("bbo", ex, sym)):
                     await self._seed(ex, sym)
             topic = self._touch.setdefault((sym, flt), _Topic(spec))
             queue.put_critical(ack)
@@ -115,7 +118,7 @@ class MarketData:
             topic.subs.add(queue)
             return Subscription(lambda: self._unsubscribe(spec, queue, None))
         for ex in exchanges:
-            await self.hub.acquire(names.md_channel("trade", ex, sym))
+            await self.hub.acquire(self.keyspace.md_channel("trade", ex, sym))
         queue.put_critical(ack)
         if spec.stream == "trades":
             self._trades.setdefault((sym, flt), _Topic(spec)).subs.add(queue)
@@ -157,12 +160,12 @@ class MarketData:
                     del table[key]
         kind = "bbo" if spec.stream == "best_touch" else "trade"
         for ex in exchanges:
-            if await self.hub.release(names.md_channel(kind, ex, sym)) and kind == "bbo":
+            if await self.hub.release(self.keyspace.md_channel(kind, ex, sym)) and kind == "bbo":
                 self._quotes[sym].pop(ex, None)  # no longer followed: must be re-seeded next time
 
     async def _seed(self, exchange: str, symbol: str) -> None:
         try:
-            raw = await self._redis.get(names.md_last_key("bbo", exchange, symbol))
+            raw = await self._redis.get(self.keyspace.md_last_key("bbo", exchange, symbol))
         except (RedisError, OSError) as e:
             log.warning("cannot read the last bbo of %s %s: %r", exchange, symbol, e)
             return

@@ -1,9 +1,9 @@
 """Users' order events in one gateway process, for whoever listens: the WebSocket's ``orders`` stream and the
 final-state waits of market and IOC orders.
 
-One ``RedisHub`` subscribes ``orders:events:{u:<user_id>}`` (``shared.names.user_events_channel``), reference
-counted: the first listener of a user (or the first order waiting for its final state) subscribes the channel,
-the last one leaving unsubscribes. Each event is decoded once into an ``OrderEvent`` and handed to every
+One ``RedisHub`` subscribes ``orders:events:{u:<user_id>}`` (``shared.names.user_events_channel``; on a cluster a
+shard channel in the user's slot, ``SSUBSCRIBE``d like any other), reference counted: the first listener of a user
+(or the first order waiting for its final state) subscribes the channel, the last one leaving unsubscribes. Each event is decoded once into an ``OrderEvent`` and handed to every
 listener of its user; listeners must not block (the WebSocket's only appends to its queues).
 """
 
@@ -17,9 +17,9 @@ from typing import Protocol
 
 import orjson
 
-from gateway.pubsub import RedisHub
 from shared import names
 from shared.ledger import OrderEvent
+from shared.pubsub import RedisHub
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class Listener(Protocol):
 
 
 class OrderEvents:
-    def __init__(self, redis_url: str) -> None:
-        self.hub = RedisHub(redis_url, self.dispatch, on_resubscribed=self.resync)
+    def __init__(self, redis_url: str, cluster: bool = False) -> None:
+        self.hub = RedisHub(redis_url, cluster, self.dispatch, on_resubscribed=self.resync)
         self._users: dict[str, str] = {}  # channel -> user id
         self._listeners: dict[str, set[Listener]] = {}
         self._waiters: dict[tuple[str, str], set[asyncio.Future[OrderEvent]]] = {}

@@ -11,10 +11,10 @@ import asyncio
 import time
 from typing import Literal
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, Field
 
 from shared import names
+from shared.redis_conn import Client
 from shared.timeutil import now_us
 
 PROBE_TIMEOUT_S = 0.5
@@ -116,7 +116,7 @@ def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-async def probe(redis: aioredis.Redis, exchanges: tuple[str, ...], heard: dict[str, tuple[str, int]],
+async def probe(redis: Client, exchanges: tuple[str, ...], heard: dict[str, tuple[str, int]],
                 stale_after_s: float) -> tuple[RedisCheck, MatcherCheck, dict[str, FeedCheck]]:
     """One pipelined round trip (feed hashes + matcher heartbeat), bounded by ``PROBE_TIMEOUT_S``."""
     stale_us = int(stale_after_s * 1_000_000)
