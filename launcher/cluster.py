@@ -112,6 +112,32 @@ def choose_ports(n: int, base_port: int = 0) -> list[int]:
     raise ClusterStartError(f"found no {n} free port pairs (port and port + {BUS_OFFSET}) in {PICK_RANGE}")
 
 
+def _known_ports(nodes_conf: Path) -> set[int]:
+    """The client ports of every node a ``nodes.conf`` knows (``<id> <ip>:<port>@<bus>[,...] <flags> ...``)."""
+    ports = set()
+    for line in nodes_conf.read_text(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) > 2 and not line.startswith("vars "):
+            m = re.match(r"^[^@]*:(\d+)@", fields[1])
+            if m:
+                ports.add(int(m.group(1)))
+    return ports
+
+
+def _check_addresses(base: Path, layout: Layout) -> None:
+    """Every node must know the others at the ports of ``layout.json``: nodes that know one another at other
+    addresses would never come together (a hand-edited layout, a directory copied from elsewhere)."""
+    for i in range(layout.total):
+        conf = base / f"node-{i}" / "nodes.conf"
+        try:
+            known = _known_ports(conf)
+        except OSError as e:
+            raise ClusterStartError(f"{conf}: {e}; {_afresh(base)}") from None
+        if known and known != set(layout.ports):
+            raise ClusterStartError(f"{conf} knows nodes on ports {sorted(known)}, {base / LAYOUT} lists "
+                                    f"{sorted(layout.ports)}: these nodes would not find one another; {_afresh(base)}")
+
+
 def _binary(layout: Layout | None) -> tuple[ServerBinary, str | None]:
     """The server to run (the one the cluster was formed with, when it is still there) and a warning, if any."""
     if layout is not None:
@@ -155,6 +181,8 @@ def start(base: Path, *, masters: int = 3, replicas: int = 0, base_port: int = 0
         if missing and len(missing) < layout.total:
             raise ClusterStartError(f"{base}: {', '.join(missing)} lost their nodes.conf, the other nodes still "
                                     "know them: the cluster cannot be brought back as it was; " + _afresh(base))
+        if not missing:
+            _check_addresses(base, layout)
         if base_port and layout.ports[0] != base_port:
             warnings.append(f"redis.port {base_port} ignored: the cluster in {base} lives on ports {layout.ports}")
         busy = [p for p in layout.ports for q in (p, p + BUS_OFFSET) if not port_free(q)]

@@ -363,6 +363,13 @@ def test_a_cluster_directory_that_cannot_be_brought_back_is_refused_with_a_reaso
         out = _refused(tmp_path)
         assert f"port(s) [{ports[1]}] are in use" in out
 
+    (base / "node-0" / "nodes.conf").write_text(
+        f"{'a' * 40} 127.0.0.1:{ports[0]}@{ports[0] + 10000} myself,master - 0 0 1 connected 0-5461\n"
+        f"{'b' * 40} 127.0.0.1:1234@11234 master - 0 0 2 connected 5462-16383\nvars currentEpoch 2 lastVoteEpoch 0\n")
+    out = _refused(tmp_path)
+    assert "knows nodes on ports" in out and "would not find one another" in out
+
+    (base / "node-0" / "nodes.conf").write_text("garbage\n")
     out = _refused(tmp_path, within=40)  # the servers refuse the corrupt nodes.conf: said at once, no wait
     assert "could not be brought back" in out and "corrupted cluster config file" in out, out
     assert "server.log" in out and "move" in out
