@@ -138,7 +138,7 @@ class Launcher:
                 while not self.stopping.is_set():
                     try:
                         await cluster.arestart(node)  # forks in this (the loop's) thread: PR_SET_PDEATHSIG
-                    except ClusterError as e:
+                    except (ClusterError, OSError) as e:
                         say(f"redis node-{node.index} restart failed: {e}")
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.stopping.wait(), 1.0)
@@ -257,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cluster", action="store_true",
                     help="run on a Redis Cluster (as REDIS_CLUSTER=1): an embedded one of 3 masters in <data>/cluster "
                          "unless REDIS_URL names one; two gateways (PORT, PORT+1), two matchers")
-    ap.add_argument("--cluster-replicas", type=int, choices=[0, 1, 2],
-                    default=int(os.environ.get("CLUSTER_REPLICAS") or 0),
-                    help="replicas per master of the embedded cluster (default 0, or CLUSTER_REPLICAS)")
+    ap.add_argument("--cluster-replicas", type=int, default=os.environ.get("CLUSTER_REPLICAS") or "0",
+                    help="replicas per master of the embedded cluster: 0 (default, or CLUSTER_REPLICAS), 1 or 2")
     args = ap.parse_args(argv)
+    if args.cluster_replicas not in (0, 1, 2):
+        ap.error(f"--cluster-replicas (CLUSTER_REPLICAS): 0, 1 or 2, not {args.cluster_replicas}")
     try:
         with lock.hold(DATA):  # held for the launcher's whole life: nothing starts without it
             return run(args.feed, cluster=args.cluster, replicas=args.cluster_replicas)
