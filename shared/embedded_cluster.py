@@ -609,6 +609,16 @@ class EmbeddedCluster:
         if exited:
             raise ClusterError(f"node on port {node.port} did not restart: {node.log_tail()}")
 
+    async def arestart(self, node: EmbeddedNode, within: float = 15.0) -> None:
+        """:meth:`restart` for an event loop: forks in this thread (see PR_SET_PDEATHSIG), waits in a worker."""
+        if node.alive:
+            return
+        self._spawn(node)
+        node.killed = False
+        exited = await asyncio.to_thread(self._await_up, [node], within)
+        if exited:
+            raise ClusterError(f"node on port {node.port} did not restart: {node.log_tail()}")
+
     def failover(self, replica: EmbeddedNode, mode: FailoverMode = "", timeout: float = 15.0) -> None:
         """``CLUSTER FAILOVER [FORCE|TAKEOVER]`` on ``replica``; returns once it says it is a master."""
         with replica.client() as c:

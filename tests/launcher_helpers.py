@@ -29,17 +29,23 @@ class Launched:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_health(self, timeout: float = 60) -> None:
+    def wait_health(self, timeout: float = 60, port: int | None = None) -> None:
+        """Wait for ``GET /health`` on the gateway at ``port`` (the first gateway's by default)."""
+        url = f"http://127.0.0.1:{port or self.port}"
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, "launcher exited early"
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "gateway never became healthy"
+            assert time.monotonic() < deadline, f"gateway {url} never became healthy"
             time.sleep(0.2)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
 
 LAUNCHER = [sys.executable, "-m", "launcher", "--feed", "sim"]
@@ -53,12 +59,14 @@ def launcher_env(tmp: Path, port: int) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def launch(tmp: Path) -> Iterator[Launched]:
-    """Start ``python -m launcher --feed sim`` with its data in ``tmp``; on exit, Ctrl-C it (SIGKILL after 30 s)."""
-    port = free_port()
-    env = launcher_env(tmp, port)
-    with open(tmp / "launcher.log", "w+b") as log:
-        proc = subprocess.Popen(LAUNCHER, cwd=ROOT, env=env,
+def launch(tmp: Path, argv: list[str] | None = None, port: int | None = None, log_name: str = "launcher.log",
+           extra_env: dict[str, str] | None = None) -> Iterator[Launched]:
+    """Start ``python -m launcher --feed sim`` (or ``argv``) with its data in ``tmp``; on exit, Ctrl-C it (SIGKILL
+    after 30 s)."""
+    port = port or free_port()
+    env = launcher_env(tmp, port) | (extra_env or {})
+    with open(tmp / log_name, "w+b") as log:
+        proc = subprocess.Popen(argv or LAUNCHER, cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield Launched(proc, port, log)
