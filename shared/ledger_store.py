@@ -274,7 +274,7 @@ def _pub(r: Client) -> str:
 
 
 def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = (),
-            shards: int | None = None, pub: str = "PUBLISH") -> list[Cmd]:
+            shards: int | None = None, *, pub: str) -> list[Cmd]:
     """The order, the balances, the open index, ``extra``, the events (``pub``: PUBLISH, or SPUBLISH on a
     cluster: the user's channel is in the user's slot), and (unless the matcher made the change itself, or on a
     cluster: ``shards`` None) the order JSON on its matcher shard's intake stream, in the same transaction: the
@@ -327,7 +327,7 @@ async def place(r: Client, rules: PairRules, *, user_id: str, token_id: str, sid
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
         return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)],
-                              in_tx, _pub(r))
+                              in_tx, pub=_pub(r))
 
     shard = names.matcher_shard(rules.symbol, shards)
     placing = {"symbol": rules.symbol, "side": side, "type": type_, "quantity": fmt(quantity),
@@ -464,7 +464,7 @@ async def execute(r: Client, rules: PairRules, *, user_id: str, token_id: str,
         else:
             acct, o, events = ledger.reject(acct, order, now_us(), d.reason)
         extra = [("RPUSH", names.fills_key(user_id), *[orjson.dumps(f.to_dict()) for f in fills])] if fills else []
-        return Applied(o, tuple(fills), d), _writes(acct, o, events, extra)
+        return Applied(o, tuple(fills), d), _writes(acct, o, events, extra, pub=_pub(r))
 
     return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
 

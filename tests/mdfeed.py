@@ -14,18 +14,32 @@ import itertools
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from shared import names
 from shared.feed_health import HEARTBEAT_S
+from shared.redis_conn import Client
 from shared.schema import BBO, FeedState, FeedStatus, Side, Trade, encode
 from shared.timeutil import now_us
 
 
+def keyspace_of(r: Client) -> names.Keyspace:
+    """The names a system on ``r`` uses (a cluster client: the cluster's, default partitions)."""
+    return names.Keyspace(cluster=isinstance(r, RedisCluster))
+
+
+async def md_publish(r: Client, channel: str, raw: bytes) -> None:
+    if isinstance(r, RedisCluster):
+        await r.spublish(channel, raw)
+    else:
+        await r.publish(channel, raw)
+
+
 class MdFeed:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.redis = redis
+        self.ks = keyspace_of(redis)
         self._seq = itertools.count(1)
 
     async def bbo(self, exchange: str, symbol: str, bid_px: str, bid_sz: str, ask_px: str, ask_sz: str, *,
@@ -36,8 +50,8 @@ class MdFeed:
                   ts_recv_us if ts_recv_us is not None else now)
         raw = encode(msg)
         if store_last:
-            await self.redis.set(names.md_last_key("bbo", exchange, symbol), raw)
-        await self.redis.publish(names.md_channel("bbo", exchange, symbol), raw)
+            await self.redis.set(self.ks.md_last_key("bbo", exchange, symbol), raw)
+        await md_publish(self.redis, self.ks.md_channel("bbo", exchange, symbol), raw)
         return msg
 
     async def trade(self, exchange: str, symbol: str, price: str, size: str, side: Side = "buy", *,
@@ -46,11 +60,12 @@ class MdFeed:
         now = now_us()
         msg = Trade(exchange, symbol, trade_id or str(next(self._seq)), Decimal(price), Decimal(size), side,
                     ts_event_us if ts_event_us is not None else now, ts_recv_us if ts_recv_us is not None else now)
-        await self.redis.publish(names.md_channel("trade", exchange, symbol), encode(msg))
+        await md_publish(self.redis, self.ks.md_channel("trade", exchange, symbol), encode(msg))
         return msg
 
     async def status(self, exchange: str, state: FeedState = "up", reason: str = "") -> None:
-        await self.redis.publish(names.status_channel(exchange), encode(FeedStatus(exchange, state, reason, now_us())))
+        await md_publish(self.redis, self.ks.status_channel(exchange),
+                         encode(FeedStatus(exchange, state, reason, now_us())))
 
     async def matcher_alive(self, ttl_ms: int = 5000) -> None:
         """The heartbeat a running matcher writes every second."""

@@ -18,6 +18,7 @@ from shared import names, tokens
 from shared.schema import BBO, Book, FeedStatus, encode
 from shared.settings import Settings
 from shared.timeutil import now_us
+from tests.mdfeed import keyspace_of, md_publish
 from tests.servers import redis_client
 
 
@@ -26,15 +27,15 @@ def auth(settings: Settings, user_id: str) -> dict[str, str]:
 
 
 async def publish_status(r: aioredis.Redis, exchange: str, state: str = "up") -> None:
-    await r.publish(names.status_channel(exchange), encode(FeedStatus(exchange, state, "test", now_us())))  # type: ignore[arg-type]
+    await md_publish(r, keyspace_of(r).status_channel(exchange), encode(FeedStatus(exchange, state, "test", now_us())))  # type: ignore[arg-type]
 
 
 async def publish_bbo(r: aioredis.Redis, exchange: str, symbol: str, bid: str, ask: str, bid_sz: str = "10",
                       ask_sz: str = "10", ts_recv_us: int | None = None) -> None:
     t = ts_recv_us or now_us()
     raw = encode(BBO(exchange, symbol, Decimal(bid), Decimal(bid_sz), Decimal(ask), Decimal(ask_sz), 1, t, t))
-    await r.set(names.md_last_key("bbo", exchange, symbol), raw)
-    await r.publish(names.md_channel("bbo", exchange, symbol), raw)
+    await r.set(keyspace_of(r).md_last_key("bbo", exchange, symbol), raw)
+    await md_publish(r, keyspace_of(r).md_channel("bbo", exchange, symbol), raw)
 
 
 async def publish_book(r: aioredis.Redis, exchange: str, symbol: str, bids: list[tuple[str, str]],
@@ -42,8 +43,8 @@ async def publish_book(r: aioredis.Redis, exchange: str, symbol: str, bids: list
     t = now_us()
     raw = encode(Book(exchange, symbol, tuple((Decimal(p), Decimal(s)) for p, s in bids),
                       tuple((Decimal(p), Decimal(s)) for p, s in asks), 1, t, t))
-    await r.set(names.md_last_key("book", exchange, symbol), raw)
-    await r.publish(names.md_channel("book", exchange, symbol), raw)
+    await r.set(keyspace_of(r).md_last_key("book", exchange, symbol), raw)
+    await md_publish(r, keyspace_of(r).md_channel("book", exchange, symbol), raw)
 
 
 @contextlib.asynccontextmanager
