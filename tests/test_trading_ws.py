@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from shared import ledger, ledger_store, names
 from shared.ledger import Order
 from shared.settings import Settings
-from tests.mdfeed import MdFeed
+from tests.mdfeed import MdFeed, md_publish
 from tests.servers import make_settings, run_gateway
 from tests.trading_helpers import auth, matcher, publish_book, wait_status
 from tests.wsclient import Client, RawClient, token, ws_client
@@ -300,7 +300,7 @@ async def test_slow_client_is_closed_never_loses_an_order_event(redis_url: str, 
             for i in range(n):
                 order = Order("u1", str(i), "BTCUSDT", "buy", "limit", Decimal(1), Decimal(1), "USDT", Decimal(1),
                               reason=pad)
-                await aredis.publish(channel, orjson.dumps(ledger.event("accepted", order)))
+                await md_publish(aredis, channel, orjson.dumps(ledger.event("accepted", order)))
             await asyncio.wait_for(reader, 30)
             assert got == list(range(n))  # the fast client got every event, in order
             seen: list[int] = []
