@@ -60,6 +60,8 @@ def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     r = redis_client(redis_url)
+    if CLUSTER_PASS:
+        await r.initialize()  # type: ignore[misc]
     try:
         yield r
     finally:

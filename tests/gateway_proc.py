@@ -22,6 +22,7 @@ import httpx
 
 from shared.embedded_redis import free_port
 from shared.settings import ROOT
+from tests.servers import CLUSTER_PASS
 from tests.wsclient import SECRET
 
 
@@ -88,6 +89,8 @@ def gateway_process(redis_url: str, tmp: Path, **env: str) -> Iterator[GatewayPr
     full = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR",)}
     full.update(REDIS_URL=redis_url, PORT=str(port), JWT_SECRET=SECRET, SR_AUTH__BCRYPT_ROUNDS="4",
                 SR_GATEWAY__WORKERS="1", SR_GATEWAY__HOST="127.0.0.1", LOG_LEVEL="WARNING")
+    if CLUSTER_PASS:
+        full["REDIS_CLUSTER"] = "1"
     full.update(env)
     log = tmp / f"gateway-{port}.log"
     with open(log, "wb") as out:

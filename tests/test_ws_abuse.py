@@ -25,10 +25,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from shared import tokens
-from shared.embedded_redis import EmbeddedRedis
 from shared.settings import ROOT
 from tests.gateway_proc import GatewayProc, gateway_process
 from tests.mdfeed import MdFeed
+from tests.servers import redis_client
 from tests.wsclient import SECRET, Client, token, ws_client, ws_url
 
 SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT,XRPUSDT,DOGEUSDT"  # config/config.toml's pairs (python -m gateway reads it)
@@ -126,8 +126,8 @@ AUTH_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def gw(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
-    with gateway_process(redis_server.url, tmp_path_factory.mktemp("gw"),
+def gw(redis_base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProc]:
+    with gateway_process(redis_base_url, tmp_path_factory.mktemp("gw"),
                          SR_WS__AUTH_TIMEOUT_S=str(AUTH_TIMEOUT_S)) as g:
         yield g
 
@@ -314,10 +314,8 @@ async def sinks(gw: GatewayProc, n: int, rcvbuf: int) -> AsyncIterator[list[tupl
                 await asyncio.wait_for(p.wait(), 10)
 
 
-async def test_stopped_client_is_dropped_memory_bounded_others_unaffected(redis_server: EmbeddedRedis,
-                                                                         tmp_path: Path) -> None:
-    redis_url = redis_server.url
-    aredis = aioredis.Redis.from_url(redis_url)
+async def test_stopped_client_is_dropped_memory_bounded_others_unaffected(redis_url: str, tmp_path: Path) -> None:
+    aredis = redis_client(redis_url)
     queue_max = 500
     env = {"SR_WS__QUEUE_MAX": str(queue_max), "SR_WS__MAX_SUBSCRIPTIONS": "200"}
     try:
