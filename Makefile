@@ -8,7 +8,7 @@ PORT ?= 8000
 CLUSTER ?=
 export PORT FEED
 
-.PHONY: run test lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
+.PHONY: run test test-cluster lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -33,6 +33,16 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy  # the packages checked are [tool.mypy] files in pyproject.toml
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-cluster
+
+# The same suites again with every process on an embedded 3-master Redis Cluster (SR_TEST_CLUSTER=1, tests/servers.py):
+# every REST route and WebSocket stream, hostile input, schemathesis, the ledger state machine.
+CLUSTER_SUITES = tests/test_trading_api.py tests/test_trading_ws.py tests/test_gateway_ws.py tests/test_auth_http.py \
+	tests/test_amounts_json.py tests/test_gateway_health.py tests/test_openapi_info.py tests/test_trading_concurrency.py \
+	tests/test_hostile_http.py tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py tests/test_fuzz_ws.py \
+	tests/test_ws_abuse.py tests/test_ledger_model.py
+test-cluster: $(STAMP)
+	SR_TEST_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_SUITES)
 
 # Fault injection in a loop (docs/operations.md): SOAK_ROUNDS (8), SOAK_SEED (1), SOAK_MAX_S (900) bound it.
 soak-faults: $(STAMP)

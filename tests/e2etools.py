@@ -137,7 +137,7 @@ def is_md(kind: str, exchange: str, symbol: str, keyspace: names.Keyspace = name
 
 
 async def wait_shard_subscribers(redis_url: str, channels: Iterable[str], n: int = 1, within: float = 10.0) -> None:
-    """Every shard channel has ``n`` subscribers on the master of its slot (``PUBSUB SHARDNUMSUB``)."""
+    """Every shard channel has at least ``n`` subscribers on the master of its slot (``PUBSUB SHARDNUMSUB``)."""
     rc = connect_cluster(redis_url)
     try:
         await rc.initialize()
@@ -146,8 +146,8 @@ async def wait_shard_subscribers(redis_url: str, channels: Iterable[str], n: int
         for ch in channels:
             node = rc.get_node_from_key(ch)
             assert node is not None
-            while (await rc.pubsub_shardnumsub(ch, target_nodes=node))[0][1] != n:
-                assert loop.time() < deadline, f"{ch}: not {n} subscriber(s) on its master"
+            while (await rc.pubsub_shardnumsub(ch, target_nodes=node))[0][1] < n:
+                assert loop.time() < deadline, f"{ch}: fewer than {n} subscriber(s) on its master"
                 await asyncio.sleep(0.05)
     finally:
         await rc.aclose()

@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -47,7 +46,7 @@ from tests.e2etools import MdSink, ingestor_processes
 from tests.fuzzing import fuzz_settings
 from tests.ledger_audit import audit
 from tests.ledger_model import D, Ledger, Leg, MOrder, PairSpec, Quote, best, crosses
-from tests.servers import make_settings, run_gateway
+from tests.servers import CLUSTER_PASS, flush_sync, make_settings, redis_client, run_gateway
 from tests.trading_helpers import matcher
 
 T = TypeVar("T")
@@ -93,12 +92,16 @@ class Services:
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         try:
-            self.r = aioredis.Redis.from_url(self.redis_url)
+            self.r = redis_client(self.redis_url)
+            ks = self.settings.redis.keyspace  # the cluster pass (SR_TEST_CLUSTER=1): sharded, explicit channels
+            md = [ks.md_channel(k, ex, SYM) for k in ("bbo", "book", "trade") for ex in EXCHANGES]
             async with (Simulator(settings=self.settings, seed=11) as sim,
-                        MdSink.open(self.redis_url, f"md:*:*:{SYM}") as sink,
-                        ingestor_processes(self.redis_url, sim, self.tmp, SR_CONFIG=str(self.cfg), **ENV),
+                        MdSink.open(self.redis_url, f"md:*:*:{SYM}", cluster=CLUSTER_PASS, channels=md) as sink,
+                        ingestor_processes(self.redis_url, sim, self.tmp, cluster=CLUSTER_PASS, SR_CONFIG=str(self.cfg),
+                                           **ENV),
                         matcher(self.settings, self.redis_url, live=()),
-                        MdSink.open(self.redis_url, names.status_channel("*")) as status,
+                        MdSink.open(self.redis_url, names.status_channel("*"), cluster=CLUSTER_PASS,
+                                    channels=[ks.status_channel(ex) for ex in EXCHANGES]) as status,
                         run_gateway(self.redis_url, self.settings) as base):
                 self.sim, self.sink, self.base = sim, sink, base
                 sim.pause(SYM)
@@ -161,13 +164,9 @@ class Services:
 
 
 @pytest.fixture(scope="module")
-def services(redis_server: Any) -> Iterator[Services]:
-    import redis
-
-    r = redis.Redis.from_url(redis_server.url)
-    r.flushdb()
-    r.close()
-    with tempfile.TemporaryDirectory() as tmp, Services(redis_server.url, Path(tmp)) as svc:
+def services(redis_base_url: str) -> Iterator[Services]:
+    flush_sync(redis_base_url)
+    with tempfile.TemporaryDirectory() as tmp, Services(redis_base_url, Path(tmp)) as svc:
         yield svc
 
 
