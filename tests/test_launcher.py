@@ -180,12 +180,7 @@ def _cluster_binary_or_skip() -> None:
         pytest.skip(f"no Redis >= 7 / Valkey server for a cluster: {e}")
 
 
-# The launcher gives up after 5 deaths of one process in a minute. Until the cluster runtime path (matcher intake,
-# ledger, pub/sub) is merged, a matcher on a cluster dies at start; this test is about what the launcher owns, so it
-# runs the launcher with no such limit. Once the runtime path is in, plain `LAUNCHER + ["--cluster"]` will do (and
-# the test can assert "DIED" not in the output).
-CLUSTER_LAUNCHER = [sys.executable, "-c", "import launcher.main as m; m.RESTART_LIMIT = 10**6; "
-                    "raise SystemExit(m.main(['--feed', 'sim', '--cluster']))"]
+CLUSTER_LAUNCHER = [*LAUNCHER, "--cluster"]
 
 
 def _two_free_ports() -> int:
@@ -266,6 +261,9 @@ def test_run_cluster_starts_the_system_on_three_masters_and_sigterm_stops_every_
                 assert (data / "cluster" / f"node-{i}" / "appendonlydir").is_dir()
             assert f"http://127.0.0.1:{port} and http://127.0.0.1:{port + 1}" in out
             assert "share 4 matcher shards" in out
+            secret = (data / "jwt_secret").read_text().strip()
+            for p in (port, port + 1):  # market data through the cluster's sharded pub/sub, on both gateways
+                _gateway_best_touch(p, secret, within=30)
 
             pids = _pids(tmp_path)
             expected = {"simulator", "ingestor-binance", "ingestor-okx", "gateway-1", "gateway-2",
@@ -296,6 +294,8 @@ def test_run_cluster_starts_the_system_on_three_masters_and_sigterm_stops_every_
             assert system.proc.wait(40) == 0
             out = system.output()
             assert "all processes stopped" in out and "redis cluster stopped (3 nodes)" in out
+            died = [line for line in out.splitlines() if "DIED" in line and "redis node-1" not in line]
+            assert not died, died  # no process died, not even when a node was killed under it
             left = [pid for pid in everything if not _gone(pid, 5)]
             assert not left, f"still running after SIGTERM: {left}"
             for p in ports:
