@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from shared import ledger, ledger_store, names
 from shared.ledger import Fill, Order
+from shared.redis_conn import connect_any
 from tests.servers import redis_client
 
 STATUSES = {"open", "filled", "cancelled", "expired", "rejected"}
@@ -119,8 +120,10 @@ async def audit(r: aioredis.Redis, user_id: str, deposits: Mapping[str, Decimal]
 
 
 async def audit_users(redis_url: str, deposits: Mapping[str, Mapping[str, Decimal]],
-                      acked: Mapping[str, Iterable[str]] | None = None) -> dict[str, Report]:
-    r = redis_client(redis_url)
+                      acked: Mapping[str, Iterable[str]] | None = None, *, cluster: bool | None = None,
+                      ) -> dict[str, Report]:
+    """``cluster``: the URL names a cluster (default: the cluster pass's setting)."""
+    r = redis_client(redis_url) if cluster is None else connect_any(redis_url, cluster)
     try:
         return {u: await audit(r, u, d, (acked or {}).get(u, ())) for u, d in deposits.items()}
     finally:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -15,7 +16,8 @@ import redis.asyncio as aioredis
 
 from matcher import shards
 from shared import ledger, ledger_store, names
-from tests.servers import make_settings, run_gateway
+from tests.ledger_audit import audit_users
+from tests.servers import CLUSTER_PASS, make_settings, run_gateway
 from tests.trading_helpers import auth, matcher, publish_bbo, publish_status, wait_status, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -28,6 +30,8 @@ async def matcher_process(redis_url: str, **env: str) -> AsyncIterator[asyncio.s
     """``python -m matcher``, as the launcher runs it; killed (by its pid) when the block ends."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("SR_")}
     full.update(REDIS_URL=redis_url, LOG_LEVEL="WARNING", SR_METRICS__MATCHER_PORT="0", **env)
+    if CLUSTER_PASS:
+        full["REDIS_CLUSTER"] = "1"
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "matcher", env=full)
     try:
         yield proc
@@ -89,6 +93,53 @@ async def test_standby_takes_over_a_dead_matchers_shards(redis_url: str, aredis:
                     await wait_status(c, f"r{i}", "filled", h)
         ledger.check_invariants(await ledger_store.get_account(aredis, "alice"),
                                 await ledger_store.open_orders(aredis, "alice"))
+
+
+async def test_kill_9_of_the_active_matcher_mid_burst(redis_url: str, aredis: aioredis.Redis) -> None:
+    """Orders keep coming while the matcher holding every shard is killed: the standby takes the shards, every
+    marketable order reaches its final state, every resting one stays open, and the ledgers audit clean."""
+    lease = {"SR_MATCHER__SHARDS": "2", "SR_MATCHER__LEASE_MS": "600"}
+    settings = make_settings(redis_url, **lease)
+    users = [f"burst{i}" for i in range(4)]
+    heads = {u: auth(settings, u) for u in users}
+    acked: dict[str, list[str]] = {u: [] for u in users}
+    async with run_gateway(redis_url, settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
+        for u in users:
+            assert (await c.post("/deposit", json={"asset": "USDT", "amount": 1_000_000}, headers=heads[u])).is_success
+        for ex in ("binance", "okx"):
+            await publish_status(aredis, ex)
+        for sym in SYMBOLS:
+            await publish_bbo(aredis, "okx", sym, "100", "101", bid_sz="1000", ask_sz="1000")
+        async with matcher_process(redis_url, **lease) as first:
+            async def both_held() -> bool:
+                held = await lease_holders(aredis, 2)
+                return held[0] is not None and held[0] == held[1]
+
+            await wait_until(both_held, 20, "the first matcher holding both shards")
+            async with matcher(settings, redis_url):
+                killed = asyncio.Event()
+
+                async def burst() -> None:
+                    for i in range(120):
+                        u, sym = users[i % len(users)], SYMBOLS[i % len(SYMBOLS)]
+                        ioc = i % 2 == 0
+                        body = {"token_id": f"b{i}", "symbol": sym, "side": "buy", "type": "ioc" if ioc else "limit",
+                                "price": "101" if ioc else "50", "quantity": "1"}
+                        r = await c.post("/orders", json=body, headers=heads[u])
+                        assert r.status_code == 201, r.text
+                        acked[u].append(f"b{i}")
+                        if i == 40:
+                            first.kill()  # kill -9 in the middle of the flow
+                            killed.set()
+
+                await burst()
+                assert killed.is_set()
+                await first.wait()
+                for i in range(120):
+                    u = users[i % len(users)]
+                    await wait_status(c, f"b{i}", "filled" if i % 2 == 0 else "open", heads[u], within=20)
+    reports = await audit_users(redis_url, {u: {"USDT": Decimal(1_000_000)} for u in users}, acked)
+    assert sum(r.by_status().get("filled", 0) for r in reports.values()) == 60
 
 
 async def test_entries_a_dead_holder_never_acknowledged_are_claimed(redis_url: str, aredis: aioredis.Redis) -> None:

@@ -15,11 +15,12 @@ import redis.asyncio as aioredis
 
 from matcher.engine import run_matcher
 from shared import names, tokens
+from shared.pubsub import RedisHub
 from shared.schema import BBO, Book, FeedStatus, encode
 from shared.settings import Settings
 from shared.timeutil import now_us
 from tests.mdfeed import keyspace_of, md_publish
-from tests.servers import redis_client
+from tests.servers import CLUSTER_PASS, redis_client
 
 
 def auth(settings: Settings, user_id: str) -> dict[str, str]:
@@ -99,24 +100,12 @@ async def wait_status(c: httpx.AsyncClient, token: str, status: str, headers: di
 
 @contextlib.asynccontextmanager
 async def events(redis_url: str, user_id: str) -> AsyncIterator[list[dict[str, Any]]]:
-    """Collects the user's order events while the block runs."""
+    """Collects the user's order events while the block runs (sharded pub/sub in the cluster pass)."""
     got: list[dict[str, Any]] = []
-    r = redis_client(redis_url)
-    ps = r.pubsub()
-    await ps.subscribe(names.user_events_channel(user_id))
-
-    async def pump() -> None:
-        while True:
-            m = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if m is not None:
-                got.append(orjson.loads(m["data"]))
-
-    task = asyncio.create_task(pump())
+    hub = RedisHub(redis_url, CLUSTER_PASS, lambda _channel, data: got.append(orjson.loads(data)))
+    await hub.start()
     try:
+        await hub.acquire(names.user_events_channel(user_id))
         yield got
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        await ps.aclose()
-        await r.aclose()
+        await hub.stop()
