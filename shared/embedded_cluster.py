@@ -344,7 +344,8 @@ class EmbeddedCluster:
         return [n for n in self.nodes if self.live_role(n) == "master"]
 
     def owner_of_slot(self, slot: int) -> EmbeddedNode:
-        """The master that serves ``slot`` now, as an alive node sees it."""
+        """The master that serves ``slot`` now: an alive node's answer, when it names an alive node that says it is a
+        master (right after a failover, a node that has not heard of it yet still names the old master)."""
         for n in self.nodes:
             if not n.alive:
                 continue
@@ -352,7 +353,9 @@ class EmbeddedCluster:
                 with n.client() as c:
                     for start, end, port, _ in _slot_map(c):
                         if start <= slot <= end:
-                            return self.node_by_port(port)
+                            owner = self.node_by_port(port)
+                            if owner.alive and self.live_role(owner) == "master":
+                                return owner
             except redis.RedisError:
                 continue
         raise ClusterError(f"no alive node knows who serves slot {slot}")
