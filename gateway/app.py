@@ -22,7 +22,7 @@ from gateway.services.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.services.order_events import OrderEvents
 from gateway.services.trading import Trading
 from shared import gctune, ledger_store, names, tokens
-from shared.redis_conn import Client, connect_any
+from shared.redis_conn import Client, check_mode, connect_any
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("gateway")
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = connect_any(settings.redis.url, settings.redis.cluster)
+        await check_mode(app.state.redis)  # REDIS_CLUSTER against what the server is: refused at start
         ledger_store.require_replicas(app.state.redis, settings.redis.replica_acks, settings.redis.replica_ack_timeout_ms)
         # Every reader of the secret goes through app.state.settings (REST deps, WebSocket, token issuing).
         app.state.settings = await resolve_secret(settings, app.state.redis)

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 
 from ingestor.metrics import ingestor_registry
@@ -16,7 +17,7 @@ from ingestor.planning import Shard, parse_shard, select_pairs, status_suffix
 from ingestor.service import Ingestor
 from shared.logs import setup_logging
 from shared.prom import serve
-from shared.redis_conn import connect_any
+from shared.redis_conn import WrongMode, check_mode, connect_any
 from shared.settings import EXCHANGES, get_settings
 
 log = logging.getLogger("ingestor")
@@ -27,6 +28,7 @@ async def main(exchange: str, shard: Shard | None = None, only: Sequence[str] = 
     pairs = select_pairs(settings.pairs, shard, only)
     suffix = status_suffix(shard, only)
     redis = connect_any(settings.redis.url or "redis://127.0.0.1:6379/0", settings.redis.cluster)
+    await check_mode(redis)
     ingestor = Ingestor(settings, exchange, redis, pairs=pairs, status_suffix=suffix)
     log.info("%s: %d pairs%s on %d connection(s)", exchange, len(pairs), f" (shard {suffix})" if suffix else "",
              len(ingestor.links), extra={"fields": {"event": "ingestor_plan", "exchange": exchange, "shard": suffix,
@@ -71,6 +73,11 @@ if __name__ == "__main__":
     try:
         import uvloop  # comes with uvicorn[standard]; a faster event loop for the read path
     except ImportError:
-        asyncio.run(main(exchange, shard, only))
+        run = asyncio.run
     else:
-        uvloop.run(main(exchange, shard, only))
+        run = uvloop.run
+    try:
+        run(main(exchange, shard, only))
+    except WrongMode as e:
+        log.error("%s", e)
+        sys.exit(2)

@@ -1,12 +1,15 @@
 """The matcher: settles paper orders against the live best touch (``python -m matcher``)."""
 import asyncio
+import logging
 import signal
+import sys
 
 from matcher.engine import run_matcher
 from matcher.metrics import REGISTRY
 from shared import gctune
 from shared.logs import setup_logging
 from shared.prom import serve
+from shared.redis_conn import WrongMode
 from shared.settings import get_settings
 
 
@@ -26,4 +29,8 @@ async def main() -> None:
             server.shutdown()
 
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except WrongMode as e:
+    logging.getLogger("matcher").error("%s", e)
+    sys.exit(2)

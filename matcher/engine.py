@@ -38,7 +38,7 @@ from shared.feed_health import FeedHealth
 from shared.ledger import Order, PairRules
 from shared.matching import REST, Decide, Decision, decide_arrival, decide_resting, views_for
 from shared.pubsub import RedisHub
-from shared.redis_conn import Client, connect_any
+from shared.redis_conn import Client, WrongMode, check_mode, connect_any
 from shared.schema import BBO, Book, FeedStatus, SchemaError, decode
 from shared.settings import EXCHANGES, Settings
 from shared.timeutil import now_us
@@ -457,6 +457,12 @@ async def run_matcher(settings: Settings, stop: asyncio.Event, *, redis_url: str
     while not stop.is_set():
         url = redis_url or settings.redis.url
         r = connect_any(url, settings.redis.cluster)
+        if backoff == 0.2:
+            try:
+                await check_mode(r)
+            except WrongMode:
+                await r.aclose()
+                raise
         ledger_store.require_replicas(r, settings.redis.replica_acks, settings.redis.replica_ack_timeout_ms)
         m = Matcher(settings, r, me, redis_url=url)
         try:

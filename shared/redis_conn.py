@@ -70,3 +70,26 @@ async def ready(r: RedisCluster) -> None:
     """The slot map, before the first command (redis-py learns it lazily)."""
     if not r.nodes_manager.slots_cache:
         await r.initialize()
+
+
+class WrongMode(RuntimeError):
+    """``redis.cluster`` does not match the server: a refusal at start, not MOVED errors later."""
+
+
+async def check_mode(r: Client) -> None:
+    """Raise ``WrongMode`` when the server is reachable and its cluster mode is not the client's; a server that
+    cannot be reached yet is left to the caller's reconnects."""
+    try:
+        if isinstance(r, RedisCluster):
+            await ready(r)
+            return
+        enabled = str((await r.info("cluster")).get("cluster_enabled", 0)) == "1"
+    except RedisClusterException as e:
+        if "not enabled" in str(e).lower():
+            raise WrongMode("REDIS_CLUSTER=1 but the Redis server at REDIS_URL is not a cluster node: "
+                            "unset REDIS_CLUSTER (redis.cluster) or point REDIS_URL at a cluster") from e
+        return
+    except (RedisError, OSError):
+        return
+    if enabled:
+        raise WrongMode("the Redis server at REDIS_URL is a cluster node: set REDIS_CLUSTER=1 (redis.cluster = true)")
