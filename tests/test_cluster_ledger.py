@@ -182,3 +182,18 @@ async def test_a_takeover_claims_unresolved_intents(rc: RedisCluster, cluster_ur
     fenced = await ledger_store.get_order(rc, "di", "t")
     assert fenced is not None and fenced.reason == ledger.INTAKE_TIMEOUT and fenced.price is None
     assert (await rc.xpending(names.intake_stream(0), names.INTAKE_GROUP))["pending"] == 0
+
+
+async def test_the_recovery_scan_walks_every_master(rc: RedisCluster, cluster_url: str) -> None:
+    """``scan_open_orders`` (a shard's one-time open-set build) finds the open orders of users on all three masters."""
+    r = rules(cluster_url)
+    users = [f"s{i}" for i in range(9)]
+    for u in users:
+        await ledger_store.deposit(rc, u, "USDT", Decimal("1000"))
+        await place(rc, r, u, "open1")
+        await place(rc, r, u, "gone")
+        await ledger_store.cancel(rc, user_id=u, token_id="gone", now_us=now_us())
+    masters = {rc.get_node_from_key(names.open_orders_key(u)).name for u in users}  # type: ignore[union-attr]
+    assert len(masters) == 3
+    found = await ledger_store.scan_open_orders(rc)
+    assert sorted((o.user_id, o.token_id) for o in found) == sorted((u, "open1") for u in users)
