@@ -35,7 +35,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MovedError
 
-from shared.redis_conn import connect, connect_cluster, seeds
+from shared.redis_conn import connect, connect_cluster, ready, seeds
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class _Sharded:
     async def start(self) -> None:
         self._cluster = connect_cluster(self._url)
         try:
-            await self._cluster.nodes_manager.initialize()
+            await ready(self._cluster)  # the client's own initialize: it also closes the seed nodes' connections
         except Exception as e:  # the keeper tries again
             log.warning("redis cluster slot map unavailable (%r)", e)
             self._trouble.set()
@@ -410,7 +410,10 @@ class _Sharded:
         for lost in [lk for lk in self._links.values() if lk.lost]:
             await self._drop(lost)
         assert self._cluster is not None
-        await self._cluster.nodes_manager.initialize()
+        if self._cluster.nodes_manager.slots_cache:
+            await self._cluster.nodes_manager.initialize()
+        else:
+            await ready(self._cluster)
         todo: dict[tuple[str, int], list[str]] = {}
         nodes: dict[str, ClusterNode] = {}
         for channel in list(self._hub._refs):
