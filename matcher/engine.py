@@ -56,8 +56,9 @@ HEARTBEAT_TTL_MS = 5000  # ... and expires after this long (the gateway's /ready
 # away) does not expire them for want of a price it simply has not heard yet.
 STARTUP_GRACE_S = 1.5
 # On a cluster, how long an announced order change may take to be confirmed before the matcher looks for itself
-# (and fences a placement that never arrived). Far above a transaction's time, below a client's patience.
-INTENT_WAIT_S = 5.0
+# (and fences a placement that never arrived): longer than a gateway keeps retrying its transaction through a
+# failover, so a gateway that is still trying never meets a fence.
+INTENT_WAIT_S = ledger_store.CLUSTER_PATIENCE_S + 10.0
 
 
 @dataclass(frozen=True, slots=True)
