@@ -8,7 +8,7 @@ PORT ?= 8000
 CLUSTER ?=
 export PORT FEED
 
-.PHONY: run test test-cluster bench-cluster lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
+.PHONY: run test test-cluster bench-cluster bench-memory lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -64,6 +64,9 @@ soak-model: $(STAMP)  # the ledger state machine, longer: FUZZ_EXAMPLES examples
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+bench-memory: $(STAMP)  # gateway RSS per connected client, against a bare websockets server (docs/gateway-ws.md)
+	$(BIN)/python -m bench.ws_memory
 
 bench-cluster: $(STAMP)  # one gateway vs two on an embedded Redis Cluster, one run (docs/scaling.md)
 	$(BIN)/python -m bench.cluster_gateways
