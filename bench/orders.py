@@ -24,6 +24,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -112,6 +113,14 @@ class CpuMeter:
         n = max(1, orders)
         per = ", ".join(f"{k} {v / n * 1e6:,.0f} µs" for k, v in spent.items())
         return f"  CPU per accepted order: {per} (gateway {spent['gateway']:.2f} s over {orders} orders)"
+
+
+def commands_line(before: dict[str, Any], after: dict[str, Any], orders: float) -> str:
+    """Redis commands per order over a phase (INFO commandstats), the busiest first: what each order costs Redis,
+    the matcher's reads and acknowledgements included."""
+    calls = {k.removeprefix("cmdstat_"): v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items()}
+    busiest = sorted(((n, c) for n, c in calls.items() if c > 0), key=lambda x: -x[1])[:12]
+    return "  Redis commands per order: " + ", ".join(f"{n} {c / max(1.0, orders):.2f}" for n, c in busiest)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -316,7 +325,9 @@ async def main() -> None:
             cpu = CpuMeter([procs[0].pid], [srv.proc.pid], [p.pid for p in procs[1:]])
             await throughput(port, args.clients, args.seconds, cpu)
             if args.rate > 0:
+                before = await r.info("commandstats")
                 await offered_load(port, args.clients, args.rate, args.seconds, cpu)
+                print(commands_line(before, await r.info("commandstats"), args.rate * args.seconds))
             if args.ticks > 0:
                 await tick_to_fill(port, r, args.ticks)
         finally:
