@@ -314,7 +314,9 @@ async def main() -> None:
         env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
         # BENCH_PROFILE=/tmp/gw.prof: the gateway runs under cProfile (stopped with SIGINT so the file is written)
         profile = os.environ.get("BENCH_PROFILE", "")
-        procs = [spawn("gateway", env, profile)] + ([] if os.environ.get("BENCH_NO_MATCHER") else [spawn("matcher", env)])
+        # BENCH_MATCHER_PROFILE=/tmp/m.prof: the same for the matcher (it writes the file on SIGTERM too)
+        procs = [spawn("gateway", env, profile)] + ([] if os.environ.get("BENCH_NO_MATCHER") else
+                                                    [spawn("matcher", env, os.environ.get("BENCH_MATCHER_PROFILE", ""))])
         r = aioredis.Redis.from_url(srv.url)
         stop = asyncio.Event()
         hb = asyncio.create_task(heartbeat(r, stop))
