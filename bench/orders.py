@@ -24,6 +24,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -112,6 +113,14 @@ class CpuMeter:
         n = max(1, orders)
         per = ", ".join(f"{k} {v / n * 1e6:,.0f} µs" for k, v in spent.items())
         return f"  CPU per accepted order: {per} (gateway {spent['gateway']:.2f} s over {orders} orders)"
+
+
+def commands_line(before: dict[str, Any], after: dict[str, Any], orders: float) -> str:
+    """Redis commands per order over a phase (INFO commandstats), the busiest first: what each order costs Redis,
+    the matcher's reads and acknowledgements included."""
+    calls = {k.removeprefix("cmdstat_"): v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items()}
+    busiest = sorted(((n, c) for n, c in calls.items() if c > 0), key=lambda x: -x[1])[:12]
+    return "  Redis commands per order: " + ", ".join(f"{n} {c / max(1.0, orders):.2f}" for n, c in busiest)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -305,7 +314,9 @@ async def main() -> None:
         env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
         # BENCH_PROFILE=/tmp/gw.prof: the gateway runs under cProfile (stopped with SIGINT so the file is written)
         profile = os.environ.get("BENCH_PROFILE", "")
-        procs = [spawn("gateway", env, profile)] + ([] if os.environ.get("BENCH_NO_MATCHER") else [spawn("matcher", env)])
+        # BENCH_MATCHER_PROFILE=/tmp/m.prof: the same for the matcher (it writes the file on SIGTERM too)
+        procs = [spawn("gateway", env, profile)] + ([] if os.environ.get("BENCH_NO_MATCHER") else
+                                                    [spawn("matcher", env, os.environ.get("BENCH_MATCHER_PROFILE", ""))])
         r = aioredis.Redis.from_url(srv.url)
         stop = asyncio.Event()
         hb = asyncio.create_task(heartbeat(r, stop))
@@ -316,7 +327,9 @@ async def main() -> None:
             cpu = CpuMeter([procs[0].pid], [srv.proc.pid], [p.pid for p in procs[1:]])
             await throughput(port, args.clients, args.seconds, cpu)
             if args.rate > 0:
+                before = await r.info("commandstats")
                 await offered_load(port, args.clients, args.rate, args.seconds, cpu)
+                print(commands_line(before, await r.info("commandstats"), args.rate * args.seconds))
             if args.ticks > 0:
                 await tick_to_fill(port, r, args.ticks)
         finally:
