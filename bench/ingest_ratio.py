@@ -106,6 +106,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
+def child_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return int(f.read().split()[0])
+
+
 def binance_files() -> list[Path]:
     return sorted(HFT.glob("btcusdt_*.gz"))
 
@@ -120,20 +125,19 @@ def count_binance(files: list[Path]) -> int:
     return n
 
 
-def write_okx_file(files: list[Path], out: Path) -> int:
-    """The hftbacktest market as OKX bbo-tbt / trades frames, as a replay file (``<ns> <json>`` lines)."""
+def write_okx_file(f: Path, out: Path) -> int:
+    """One hftbacktest file's market as OKX bbo-tbt / trades frames, as a replay file (``<ns> <json>`` lines)."""
     events: list[tuple[str, dict[str, object]]] = []
     stamps: list[bytes] = []
-    for f in files:
-        with gzip.open(f, "rb") as fh:
-            for line in fh:
-                ts, _, raw = line.partition(b" ")
-                o = orjson.loads(raw)
-                stream = o.get("stream", "") if isinstance(o, dict) else ""
-                kind = "bbo" if stream.endswith("@bookTicker") else "trade" if stream.endswith("@trade") else ""
-                if kind:
-                    events.append((kind, o["data"]))
-                    stamps.append(ts)
+    with gzip.open(f, "rb") as fh:
+        for line in fh:
+            ts, _, raw = line.partition(b" ")
+            o = orjson.loads(raw)
+            stream = o.get("stream", "") if isinstance(o, dict) else ""
+            kind = "bbo" if stream.endswith("@bookTicker") else "trade" if stream.endswith("@trade") else ""
+            if kind:
+                events.append((kind, o["data"]))
+                stamps.append(ts)
     import random
 
     _, okx = build_frames(events, 5, random.Random(7))
@@ -174,23 +178,30 @@ async def run_phase(exchange: str, side: str, replay: list[Path], frames: int, s
                    SR_METRICS__INGESTOR_BINANCE_PORT="0", SR_METRICS__INGESTOR_OKX_PORT="0", LOG_LEVEL="WARNING",
                    WSS_URL_BINANCE=sim.binance_url + "/stream", WSS_URL_OKEX=sim.okx_url, OKX_USE_TRADES_CHANNEL="1")
         if side == "ours":
-            prof = ["-m", "cProfile", "-o", str(profile / f"{exchange}.prof")] if profile else []
-            cmd = [sys.executable, *prof, "-m", "ingestor", exchange, "--pairs", SYMBOL]
+            cmd = [sys.executable, "-m", "ingestor", exchange, "--pairs", SYMBOL]
+            if profile:  # py-spy samples from outside: the ingestor's own CPU is still what /proc gives for its pid
+                cmd = [PY_SPY, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(profile / f"{exchange}.txt"), "--", *cmd]
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=env, stdin=DEVNULL, stdout=DEVNULL)
         else:
             cmd = ["node", "ref.js", TARDIS_EXCHANGE[exchange], TARDIS_SYMBOL[exchange]]
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=tardis_dir, env=env, stdin=PIPE, stdout=PIPE)
+        pid = proc.pid
         try:
             await subscribed(sim, exchange)
             await asyncio.sleep(1.0)  # settle: start-up work is not counted
-            c0 = cpu_s(proc.pid)
+            if side == "ours" and profile:
+                pid = child_pid(proc.pid)
+            c0 = cpu_s(pid)
             t0 = time.perf_counter()
             sim.start_replay()
             await asyncio.wait_for(sim.replay_done.wait(), 600)
-            c1, busy_until = await wait_idle(proc.pid)
+            c1, busy_until = await wait_idle(pid)
             replay_s = busy_until - t0
             received = await (count_ours(redis_url, exchange) if side == "ours" else count_tardis(proc))
         finally:
+            if pid != proc.pid:
+                os.kill(pid, signal.SIGTERM)  # the ingestor under py-spy; py-spy then writes its file and exits
+                await asyncio.wait_for(proc.wait(), 30)
             await stop(proc)
     return Result(exchange, side, frames, received, c1 - c0, replay_s)
 
@@ -256,6 +267,9 @@ async def stop(proc: Process) -> None:
             await proc.wait()
 
 
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
+
+
 def skip_reason() -> str | None:
     if not binance_files():
         return f"the captures are not at {HFT}"
@@ -265,14 +279,50 @@ def skip_reason() -> str | None:
     return None
 
 
-def print_profile(profile: Path) -> None:
-    import pstats
+# The part a sample belongs to: the first of these found anywhere in its stack (py-spy writes
+# ``function (package/file.py:line)``). A stack that ends in ``Runner.run`` is in uvloop's C code: epoll, socket
+# reads and writes, dispatch of callbacks.
+PARTS = (("WebSocket client (websockets: frame parsing, assembly, recv)", "(websockets/"),
+         ("parsing (orjson, Decimal, checks)", "Parser.parse ("),
+         ("publishing (encode, batch, redis-py, socket write)", "(ingestor/publisher.py"),
+         ("publishing (encode, batch, redis-py, socket write)", "(redis/"),
+         ("status, stats, metrics (ingestor)", "(ingestor/"),
+         ("status, stats, metrics (ingestor)", "(shared/"),
+         ("event loop (Python asyncio)", "(asyncio/"))
+LOOP_C = "event loop in C (uvloop: epoll, socket I/O, callback dispatch)"
 
+
+def summarize_profile(path: Path, top: int = 12) -> None:
+    """py-spy raw output (``frame;frame;... count``) after start-up: CPU by part, and the hottest leaf functions."""
+    parts: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n_s = line.rpartition(" ")
+        if "Runner.run (" not in stack or "importlib" in stack:
+            continue  # start-up (imports, settings) is outside the measured window
+        n = int(n_s)
+        total += n
+        frames = stack.split(";")
+        inner = frames[frames.index(next(f for f in frames if f.startswith("Runner.run ("))) + 1:]
+        part = next((name for name, pat in PARTS if any(pat in f for f in inner)), LOOP_C)
+        parts[part] = parts.get(part, 0) + n
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + n
+    if not total:
+        return
+    print(f"\n--- py-spy, our ingestor, {path.stem} ({total} samples after start-up) ---")
+    for name, n in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {100 * n / total:5.1f} %  {name}")
+    print("  hottest innermost Python functions (their C calls included):")
+    for fr, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * n / total:5.1f} %    {fr}")
+
+
+def print_profile(profile: Path) -> None:
     for exchange in ("binance", "okx"):
-        path = profile / f"{exchange}.prof"
+        path = profile / f"{exchange}.txt"
         if path.exists():
-            print(f"\n--- cProfile of our {exchange} ingestor, by own time ---")
-            pstats.Stats(str(path)).sort_stats("tottime").print_stats(25)
+            summarize_profile(path)
 
 
 async def amain(speed: float, exchanges: list[str], profile: Path | None) -> int:
@@ -284,8 +334,10 @@ async def amain(speed: float, exchanges: list[str], profile: Path | None) -> int
     with tempfile.TemporaryDirectory(prefix="ingest-ratio-") as tmp_s:
         tmp = Path(tmp_s)
         versions = install_tardis(tmp)
-        okx_file = tmp / "okx_bbo_trades.txt"
-        plan = {"binance": (files, count_binance(files)), "okx": ([okx_file], write_okx_file(files, okx_file))}
+        # One OKX file per Binance file: both replays have the same structure (files played side by side).
+        okx_files = [tmp / f"okx_{f.name.removesuffix('.gz')}.txt" for f in files]
+        okx_frames = sum(write_okx_file(f, out) for f, out in zip(files, okx_files, strict=True))
+        plan = {"binance": (files, count_binance(files)), "okx": (okx_files, okx_frames)}
         print(f"{versions}; replay speed {speed or 'as fast as the client reads'}; frames: "
               + ", ".join(f"{ex} {plan[ex][1]:,}" for ex in exchanges))
         results: list[Result] = []
@@ -315,12 +367,15 @@ async def amain(speed: float, exchanges: list[str], profile: Path | None) -> int
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.ingest_ratio", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--speed", type=float, default=0.0, help="replay speed; 0 = as fast as the client reads")
+    ap.add_argument("--speed", type=float, default=50.0,
+                    help="replay speed (50: ~13,400 frames/s, the same for both sides); 0 = as fast as each reads")
     ap.add_argument("--exchanges", default="binance,okx")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                    help="run our ingestors under cProfile, keep <exchange>.prof in DIR and print the top")
+                    help="sample our ingestors with py-spy, keep <exchange>.txt in DIR and print where the time goes")
     args = ap.parse_args()
     if args.profile:
+        if not Path(PY_SPY).exists():
+            ap.error(f"--profile needs py-spy next to the interpreter ({PY_SPY}): .venv/bin/pip install py-spy")
         args.profile.mkdir(parents=True, exist_ok=True)
     raise SystemExit(asyncio.run(amain(args.speed, args.exchanges.split(","), args.profile)))
 
