@@ -8,7 +8,7 @@ PORT ?= 8000
 CLUSTER ?=
 export PORT FEED
 
-.PHONY: run test test-cluster bench-cluster bench-memory lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
+.PHONY: run test test-cluster bench-cluster bench-memory bench-ingest-ratio lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -81,3 +81,6 @@ soak-ws: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+bench-ingest-ratio: $(STAMP)  # our ingestors vs tardis-dev over real sockets, CPU per frame (docs/ingestor.md)
+	$(BIN)/python -m bench.ingest_ratio

@@ -101,6 +101,11 @@ def synthetic_events(n: int, rng: random.Random) -> Iterator[tuple[str, dict]]:
             yield "book", {"e": "depthUpdate", "E": t, "s": "BTCUSDT", "u": uid}
 
 
+def _okx_num(s: str) -> str:
+    """Binance's 8-decimal text as OKX writes it: no trailing zeros, no trailing dot ("61834.00000000" -> "61834")."""
+    return s.rstrip("0").rstrip(".") if "." in s else s
+
+
 def build_frames(events: list[tuple[str, dict]], depth: int, rng: random.Random) -> tuple[list[bytes], list[bytes]]:
     """The same market as Binance combined-stream frames and as OKX push frames."""
     bn: list[bytes] = []
@@ -115,14 +120,14 @@ def build_frames(events: list[tuple[str, dict]], depth: int, rng: random.Random)
             bn.append(orjson.dumps({"stream": "btcusdt@bookTicker", "data": d}))
             ts = str(int(time.time() * 1000))
             ok.append(orjson.dumps({"arg": {"channel": "bbo-tbt", "instId": "BTC-USDT"}, "data": [{
-                "asks": [[d["a"].rstrip("0"), d["A"].rstrip("0"), "0", "3"]],
-                "bids": [[d["b"].rstrip("0"), d["B"].rstrip("0"), "0", "5"]],
+                "asks": [[_okx_num(d["a"]), _okx_num(d["A"]), "0", "3"]],
+                "bids": [[_okx_num(d["b"]), _okx_num(d["B"]), "0", "5"]],
                 "ts": ts, "seqId": okx_seq}]}))
         elif kind == "trade":
             bn.append(orjson.dumps({"stream": "btcusdt@trade", "data": d}))
             ok.append(orjson.dumps({"arg": {"channel": "trades", "instId": "BTC-USDT"}, "data": [{
-                "instId": "BTC-USDT", "tradeId": str(d["t"]), "px": d["p"].rstrip("0").rstrip("."),
-                "sz": d["q"].rstrip("0"), "side": "sell" if d["m"] else "buy", "ts": str(d["T"]),
+                "instId": "BTC-USDT", "tradeId": str(d["t"]), "px": _okx_num(d["p"]),
+                "sz": _okx_num(d["q"]), "side": "sell" if d["m"] else "buy", "ts": str(d["T"]),
                 "count": "1", "source": "0", "seqId": okx_seq}]}))
         else:
             bids, asks = _levels(bid, step, -1, depth, rng), _levels(ask, step, 1, depth, rng)
