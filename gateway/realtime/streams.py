@@ -270,8 +270,9 @@ class MarketData:
                 if closed:
                     self._push_candles((t.symbol, flt, iv), closed)
             for (name, _), fan in self._ewma.get((t.symbol, flt), {}).items():
+                frames = messages.EwmaFrames(name, t.symbol, flt, fan.half_life, t)
                 for value, members in fan.update(t.price, t.ts_event_us):
-                    frame = messages.push_frame("ewma", name, messages.ewma_data(t.symbol, flt, fan.half_life, value, t))
+                    frame = frames(value)
                     for sub in members:
                         sub.queue.put_conflated(name, frame)
 
