@@ -70,7 +70,7 @@ class EwmaFan(Generic[M]):
         self.half_life = half_life_s
         self._decay = Ewma(half_life_s).decay
         self._pending: set[M] = set()  # joined since the last tick: their first tick is the next one
-        self._cohorts: list[tuple[Ewma, set[M]]] = []
+        self._cohorts: dict[int, tuple[Ewma, set[M]]] = {}  # by id() of the members' set, oldest first
         self._of: dict[M, set[M]] = {}
 
     def __len__(self) -> int:
@@ -86,12 +86,12 @@ class EwmaFan(Generic[M]):
         if cohort is not None:
             cohort.discard(member)
             if not cohort and cohort is not self._pending:
-                self._cohorts = [c for c in self._cohorts if c[1] is not cohort]
+                del self._cohorts[id(cohort)]
 
     def update(self, price: Decimal, ts_us: int) -> list[tuple[Decimal, Collection[M]]]:
         """The new value of every cohort and its members (whose sets the caller must not change)."""
         if self._pending:
-            self._cohorts.append((Ewma(self.half_life), self._pending))
+            self._cohorts[id(self._pending)] = (Ewma(self.half_life), self._pending)
             self._pending = set()
         memo: dict[int, Decimal] = {}
 
@@ -101,4 +101,4 @@ class EwmaFan(Generic[M]):
                 d = memo[dt] = self._decay(dt)
             return d
 
-        return [(e.update(price, ts_us, decay), members) for e, members in self._cohorts]
+        return [(e.update(price, ts_us, decay), members) for e, members in self._cohorts.values()]
