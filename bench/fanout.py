@@ -10,6 +10,10 @@ BTCUSDT capture (~80 bookTicker/s + ~27 trades/s per symbol; each symbol's flow 
 two exchanges) or 10x that, with ``ts_recv_us`` = publish time. The gateway runs as ``python -m gateway``
 with several workers; load clients run in several processes, each client subscribed to best_touch
 (exchange ``all``) and trades of one pair, pairs spread evenly. Latency = client receive time - ts_recv_us.
+``--mixes`` picks other streams per client, several mixes in one run (``--mixes trades,ewma,klines``: each
+client on that stream alone; ``best_touch+trades+klines+ewma``: all four), ewma with a 30 s half-life and
+klines 1s (pushed every second: their latency is that of the last trade in the candle, not a delivery
+time). ``--pairs N`` puts every client on the first N pairs (``--pairs 1``: all on one pair).
 CPU times come from /proc/<pid>/stat (gateway master + workers) and getrusage (load processes).
 """
 
@@ -43,6 +47,13 @@ BBO_PER_S = 80.0  # per symbol at 1x (hftbacktest BTCUSDT: ~28,000 bookTicker in
 TRADES_PER_S = 27.0  # per symbol at 1x (~9,800 trades in ~6 min)
 SECRET = "bench-secret-" + "x" * 32
 TICK = 0.005
+STREAMS = {"best_touch": {}, "trades": {}, "klines": {"interval": "1s"}, "ewma": {"half_life": 30}}
+
+
+def subscribe_messages(mix: str, symbol: str) -> list[dict[str, Any]]:
+    """The subscribe requests of one client of ``mix`` (streams joined by ``+``) on ``symbol``."""
+    return [{"action": "subscribe", "stream": st, "symbol": symbol, "exchange": "all", **STREAMS[st]}
+            for st in mix.split("+")]
 
 
 def now_us() -> int:
@@ -109,18 +120,18 @@ async def _publish(redis_url: str, symbols: list[str], rate: float, stop: Any) -
 
 
 def load_process(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any,
-                 kind: str = "raw") -> None:
+                 kind: str = "raw", mix: str = "best_touch+trades") -> None:
     if kind == "node":
-        _load_node(url, n, offset, symbols, cmds, results)
+        _load_node(url, n, offset, symbols, cmds, results, mix)
     elif kind == "raw":
         try:
             import uvloop
         except ImportError:
-            asyncio.run(_load_raw(url, n, offset, symbols, cmds, results))
+            asyncio.run(_load_raw(url, n, offset, symbols, cmds, results, mix))
         else:
-            uvloop.run(_load_raw(url, n, offset, symbols, cmds, results))
+            uvloop.run(_load_raw(url, n, offset, symbols, cmds, results, mix))
     else:
-        asyncio.run(_load(url, n, offset, symbols, cmds, results))
+        asyncio.run(_load(url, n, offset, symbols, cmds, results, mix))
 
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -142,7 +153,7 @@ def node_ready() -> bool:
     return r.returncode == 0 and (BENCH_DIR / "node_modules" / "ws").exists()
 
 
-def _load_node(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+def _load_node(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any, mix: str) -> None:
     """Relays the commands to ``node bench/loadclient.js`` (n clients) and its stats back."""
     import orjson
 
@@ -150,7 +161,8 @@ def _load_node(url: str, n: int, offset: int, symbols: list[str], cmds: Any, res
         f.write("\n".join(tokens.issue(f"bench{offset + i}", SECRET, 3600) for i in range(n)))
         f.flush()
         proc = subprocess.Popen(["node", str(BENCH_DIR / "loadclient.js"), url, str(n), str(offset),
-                                 ",".join(symbols), f.name], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                 ",".join(symbols), f.name, orjson.dumps(subscribe_messages(mix, "")).decode()],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
         try:
             while True:
@@ -176,7 +188,7 @@ def _load_node(url: str, n: int, offset: int, symbols: list[str], cmds: Any, res
                 proc.wait(5)
 
 
-async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any, mix: str) -> None:
     """Load clients on ``bench.rawws``: frames parsed by hand, only sampled payloads looked into."""
     import orjson
 
@@ -196,9 +208,8 @@ async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any
                 st.closed += 1
                 return
             conns.append(c)
-            for stream in ("best_touch", "trades"):
-                c.send_text(orjson.dumps({"action": "subscribe", "stream": stream, "symbol": sym,
-                                          "exchange": "all"}).decode())
+            for sub in subscribe_messages(mix, sym):
+                c.send_text(orjson.dumps(sub).decode())
         await c.done
         st.closed += 1
 
@@ -225,7 +236,7 @@ async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any
         t.cancel()
 
 
-async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any) -> None:
+async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any, mix: str) -> None:
     import orjson
     from websockets.asyncio.client import connect
 
@@ -241,9 +252,8 @@ async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, re
             ws = await connect(f"{url}?token={tok}", max_queue=None, open_timeout=60, compression=None,
                                ping_interval=None)
             conns.append(ws)
-            for stream in ("best_touch", "trades"):
-                await ws.send(orjson.dumps({"action": "subscribe", "stream": stream, "symbol": sym,
-                                            "exchange": "all"}).decode())
+            for sub in subscribe_messages(mix, sym):
+                await ws.send(orjson.dumps(sub).decode())
         try:
             async for msg in ws:
                 if state["on"]:
@@ -372,11 +382,12 @@ def pct(xs: list[int], q: float) -> float:
 
 
 def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, symbols: list[str], n: int,
-              rates: list[float], procs: int, warmup: float, measure: float, kind: str) -> list[dict[str, Any]]:
+              rates: list[float], procs: int, warmup: float, measure: float, kind: str,
+              mix: str = "best_touch+trades") -> list[dict[str, Any]]:
     cmds = [ctx.Queue() for _ in range(procs)]
     results = ctx.Queue()
     per = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-    loaders = [ctx.Process(target=load_process, args=(url, per[i], sum(per[:i]), symbols, cmds[i], results, kind),
+    loaders = [ctx.Process(target=load_process, args=(url, per[i], sum(per[:i]), symbols, cmds[i], results, kind, mix),
                            daemon=True) for i in range(procs) if per[i]]
     for p in loaders:
         p.start()
@@ -406,7 +417,7 @@ def run_phase(ctx: Any, url: str, gw: subprocess.Popen[bytes], redis_url: str, s
             lat = [x for s in stats for x in s["lat"]]
             count = sum(s["count"] for s in stats)
             gcpu = cpu1 - cpu0
-            out.append({"clients": n, "rate": rate, "msgs_s": count / secs, "p50_ms": pct(lat, 0.5),
+            out.append({"mix": mix, "clients": n, "rate": rate, "msgs_s": count / secs, "p50_ms": pct(lat, 0.5),
                         "p99_ms": pct(lat, 0.99), "gw_cpu_s": gcpu / secs,
                         "gw_sys_pct": 100 * (sys1 - sys0) / gcpu if gcpu else 0, "msgs_per_cpu_s": count / gcpu if gcpu else 0,
                         "client_cpu_s": sum(s["cpu"] for s in stats) / secs, "box_cpu_s": (box1 - box0) / secs, "gw_rss_mb": rss / 2**20,
@@ -465,6 +476,9 @@ def main() -> None:
     ap.add_argument("--server", default="frames", choices=("frames", "websockets-sansio", "websockets", "wsproto"),
                     help="uvicorn WebSocket implementation: frames (the gateway's own, gateway.realtime.server) or one of "
                          "uvicorn's (then frames go through ASGI send_text)")
+    ap.add_argument("--mixes", default="best_touch+trades",
+                    help="streams of each client, joined by +; several mixes (comma) are run one after the other")
+    ap.add_argument("--pairs", type=int, default=0, help="put the clients on the first N pairs only (0: all)")
     ap.add_argument("--soak", type=float, default=0, help="instead: run N seconds at 1x and print gateway RSS")
     ap.add_argument("--pin", type=int, default=0, metavar="N",
                     help="pin the gateway to the first N cores and everything else (Redis, publisher, load clients) "
@@ -474,7 +488,11 @@ def main() -> None:
     if args.client == "node" and not node_ready():
         raise SystemExit("node, npm or the ws package is not available: use --client raw (the default)")
     settings = load_settings(env={})
-    symbols = list(settings.symbols)
+    symbols = list(settings.symbols)[:args.pairs or None]
+    mixes = args.mixes.split(",")
+    for mix in mixes:
+        if any(st not in STREAMS for st in mix.split("+")):
+            raise SystemExit(f"--mixes: unknown stream in {mix!r} (known: {', '.join(STREAMS)})")
     gw_cpus: set[int] | None = None
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))
@@ -503,10 +521,13 @@ def main() -> None:
                         soak(ctx, url, gw, redis_url, symbols, int(args.clients.split(",")[0]), args.procs, args.soak,
                              args.client)
                         continue
-                    for n in (int(x) for x in args.clients.split(",")):
+                    for mix, n in ((m, int(x)) for m in mixes for x in args.clients.split(",")):
+                        if variant == "naive" and not set(mix.split("+")) <= {"best_touch", "trades"}:
+                            print(f"naive serves best_touch and trades only: {mix} skipped", flush=True)
+                            continue
                         for row in run_phase(ctx, url, gw, redis_url, symbols, n,
                                              [float(x) for x in args.rates.split(",")], args.procs, args.warmup,
-                                             args.measure, args.client):
+                                             args.measure, args.client, mix):
                             row["variant"] = variant
                             rows.append(row)
                             print(fmt_row(row), flush=True)
@@ -519,12 +540,12 @@ def main() -> None:
                 srv.stop()
 
 
-HEAD = ("variant", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "gw sys %", "msgs/CPU-s", "client CPU", "box CPU",
+HEAD = ("variant", "streams", "clients", "rate", "msgs/s", "p50 ms", "p99 ms", "gw CPU", "gw sys %", "msgs/CPU-s", "client CPU", "box CPU",
         "gw RSS MB", "dropped")
 
 
 def fmt_row(r: dict[str, Any]) -> str:
-    return (f"{r['variant']:>6} {r['clients']:>6} {r['rate']:>4.0f}x {r['msgs_s']:>9.0f} {r['p50_ms']:>8.1f} "
+    return (f"{r['variant']:>6} {r['mix']:>28} {r['clients']:>6} {r['rate']:>4.0f}x {r['msgs_s']:>9.0f} {r['p50_ms']:>8.1f} "
             f"{r['p99_ms']:>8.1f} {r['gw_cpu_s']:>6.2f} {r['gw_sys_pct']:>4.0f} {r['msgs_per_cpu_s']:>10.0f} {r['client_cpu_s']:>6.2f} "
             f"{r['box_cpu_s']:>6.2f} {r['gw_rss_mb']:>7.0f} {r['dropped']:>5}")
 
@@ -532,7 +553,7 @@ def fmt_row(r: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['clients']} | {r['rate']:.0f}x | {r['msgs_s']:.0f} | {r['p50_ms']:.1f} | "
+        lines.append(f"| {r['variant']} | {r['mix']} | {r['clients']} | {r['rate']:.0f}x | {r['msgs_s']:.0f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['gw_cpu_s']:.2f} | {r['gw_sys_pct']:.0f} | {r['msgs_per_cpu_s']:.0f} | {r['client_cpu_s']:.2f} | "
                      f"{r['box_cpu_s']:.2f} | {r['gw_rss_mb']:.0f} | {r['dropped']} |")
     return "\n".join(lines)

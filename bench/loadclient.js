@@ -1,9 +1,11 @@
 // Node.js load clients for bench.fanout (run by bench/fanout.py, `ws` installed into bench/node_modules).
-// argv: url n offset symbols(comma) secret-token-file ; stdin: start | stop | quit ; stdout: JSON lines.
+// argv: url n offset symbols(comma) secret-token-file [subscribe requests (JSON list, symbol filled in)] ; stdin: start | stop | quit ; stdout: JSON lines.
 "use strict";
 const WebSocket = require("ws");
 const readline = require("readline");
-const [url, nStr, offStr, symStr, tokFile] = process.argv.slice(2);
+const [url, nStr, offStr, symStr, tokFile, subsJson] = process.argv.slice(2);
+const subs = subsJson ? JSON.parse(subsJson) : ["best_touch", "trades"].map(
+  (stream) => ({ action: "subscribe", stream, exchange: "all" }));
 const tokens = require("fs").readFileSync(tokFile, "utf8").trim().split("\n");
 const n = parseInt(nStr, 10), offset = parseInt(offStr, 10), symbols = symStr.split(",");
 const KEY = Buffer.from('"ts_recv_us":');
@@ -35,9 +37,7 @@ function open() {
     let settled = false;
     const settle = () => { if (!settled) { settled = true; active--; done(); open(); } };
     ws.on("open", () => {
-      for (const stream of ["best_touch", "trades"]) {
-        ws.send(JSON.stringify({ action: "subscribe", stream, symbol: sym, exchange: "all" }));
-      }
+      for (const sub of subs) ws.send(JSON.stringify({ ...sub, symbol: sym }));
       conns.push(ws);
       settle();
     });

@@ -37,12 +37,17 @@ class BadJson(ValueError):
 
 def number(d: Decimal) -> orjson.Fragment:
     """``d`` as a JSON number with its exact digits, as written (``64000.10`` stays ``64000.10``)."""
+    return orjson.Fragment(number_text(d))
+
+
+def number_text(d: Decimal) -> bytes:
+    """The JSON text of ``number(d)``."""
     if not d.is_finite():
         raise ValueError(f"not a finite number: {d}")
     s = str(d)
     if "E" in s:  # str() switches to exponent form for tiny and huge values: spell them out
         s = format(d, "f")
-    return orjson.Fragment(s.encode())
+    return s.encode()
 
 
 def amount(d: Decimal) -> orjson.Fragment:

@@ -4,8 +4,10 @@ import math
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from shared.ewma import Ewma
+from shared.ewma import Ewma, EwmaFan
 
 S = 1_000_000
 
@@ -71,3 +73,75 @@ def test_long_silence_lets_the_new_price_dominate() -> None:
 def test_bad_half_life(bad: D) -> None:
     with pytest.raises(ValueError):
         Ewma(bad)
+
+
+# -- EwmaFan: shared decay, values digit for digit those of one Ewma per subscription ----------------
+
+_price = st.decimals(min_value=D("1e-8"), max_value=D("1e7"), places=8, allow_nan=False, allow_infinity=False)
+_step = st.one_of(st.just(0), st.integers(-5 * S, 5 * S), st.integers(0, 40 * 86400 * S))  # ties, disorder, gaps
+_half_life = st.one_of(st.sampled_from([D("0.001"), D(1), D("7.5"), D(30 * 86400)]),
+                       st.decimals(min_value=D("0.001"), max_value=D(30 * 86400), places=3))
+# one event: a tick (price, step from the previous tick), a member joining, or member number n leaving
+_event = st.one_of(st.tuples(st.just("tick"), _price, _step), st.tuples(st.just("join")),
+                   st.tuples(st.just("leave"), st.integers(0, 20)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_half_life, st.lists(_event, max_size=60))
+def test_fan_matches_one_ewma_per_member(half_life: D, events: list[tuple[object, ...]]) -> None:
+    fan: EwmaFan[int] = EwmaFan(half_life)
+    alone: dict[int, Ewma] = {}
+    joined = 0
+    t = 1_700_000_000 * S
+    for ev in events:
+        if ev[0] == "join":
+            fan.join(joined)
+            alone[joined] = Ewma(half_life)
+            joined += 1
+        elif ev[0] == "leave":
+            n = ev[1]
+            assert isinstance(n, int)
+            fan.leave(n)
+            alone.pop(n, None)
+        else:
+            price, step = ev[1], ev[2]
+            assert isinstance(price, D) and isinstance(step, int)
+            t += step
+            got = {m: v for v, members in fan.update(price, t) for m in members}
+            want = {m: e.update(price, t) for m, e in alone.items()}
+            assert got == want
+            assert all(str(got[m]) == str(want[m]) for m in want)  # the wire digits, not only equal values
+        assert len(fan) == len(alone)
+
+
+def test_fan_one_exp_per_tick_for_many_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    fan: EwmaFan[int] = EwmaFan(D(30))
+    calls = 0
+    inner = fan._decay
+
+    def counting(dt: int) -> D:
+        nonlocal calls
+        calls += 1
+        return inner(dt)
+
+    monkeypatch.setattr(fan, "_decay", counting)
+    for m in range(100):
+        fan.join(m)
+        fan.update(D(100 + m), m * S)  # each member its own cohort
+    assert calls == 99
+    assert len(fan.update(D(50), 1000 * S)) == 100
+    assert calls == 100
+
+
+def test_fan_members_joining_together_share_one_value() -> None:
+    fan: EwmaFan[str] = EwmaFan(D(1))
+    fan.join("a")
+    fan.join("b")
+    assert [(v, set(ms)) for v, ms in fan.update(D(100), 0)] == [(D(100), {"a", "b"})]
+    fan.join("c")
+    fan.leave("a")
+    out = fan.update(D(200), S)
+    assert [(v, set(ms)) for v, ms in out] == [(D("166.666666666667"), {"b"}), (D(200), {"c"})]
+    fan.leave("b")
+    fan.leave("c")
+    assert fan.update(D(1), 2 * S) == [] and len(fan) == 0

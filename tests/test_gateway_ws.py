@@ -380,6 +380,34 @@ async def test_ewma_values_start_at_subscription(redis_url: str, aredis: aioredi
         assert vals[f"ewma:ETHUSDT:{exchange}:1"] == pytest.approx(242.857142857143)
 
 
+async def test_ewma_same_topic_clients_keep_their_own_start(redis_url: str, aredis: aioredis.Redis) -> None:
+    """One shared accumulator per topic: a later subscriber, an unsubscribe and a resubscribe each keep the
+    average of their own subscription."""
+    feed = MdFeed(aredis)
+    sub = {"stream": "ewma", "symbol": "ETHUSDT", "half_life": 1, "exchange": "all"}
+    t = 1_700_000_000 * S
+
+    async def value(c: Any) -> Any:
+        return (await c.until(lambda m: m["type"] == "ewma"))["data"]["value"]
+
+    async with run_gateway(redis_url, **FAST) as base, ws_client(base, tok=token()) as a, \
+            ws_client(base, tok=token()) as b:
+        await a.subscribe(**sub)
+        await feed.trade("binance", "ETHUSDT", "100", "1", ts_event_us=t)
+        assert await value(a) == 100
+        await b.subscribe(**sub)
+        await feed.trade("okx", "ETHUSDT", "200", "1", ts_event_us=t + S)
+        assert await value(a) == pytest.approx(166.666666666667) and await value(b) == 200
+        r = await a.request({"action": "unsubscribe", "topic": "ewma:ETHUSDT:all:1"})
+        assert r["type"] == "ack"
+        await feed.trade("binance", "ETHUSDT", "400", "1", ts_event_us=t + 2 * S)
+        assert await value(b) == pytest.approx((200 * 0.5 + 400) / 1.5)
+        await a.subscribe(**sub)
+        await feed.trade("binance", "ETHUSDT", "50", "1", ts_event_us=t + 3 * S)
+        assert await value(a) == 50
+        assert await value(b) == pytest.approx(((200 * 0.5 + 400) * 0.5 + 50) / (1.5 * 0.5 + 1))
+
+
 # -- fan-out -----------------------------------------------------------------------------------------------
 
 

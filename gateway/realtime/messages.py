@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.jsonio import amount, number
+from gateway.jsonio import amount, number, number_text
 from gateway.realtime.frames import text_frame
 from shared.best_touch import Touch
 from shared.klines import Candle
@@ -84,16 +84,33 @@ def candle_data(c: Candle, symbol: str, exchange: str, interval: str, history: b
     }
 
 
-def ewma_data(symbol: str, exchange: str, half_life: Decimal, value: Decimal, t: Trade) -> dict[str, Any]:
+def ewma_data(symbol: str, exchange: str, half_life: Decimal, value: Decimal | orjson.Fragment,
+              t: Trade) -> dict[str, Any]:
     return {
         "symbol": symbol,
         "exchange": exchange,
         "half_life": num(half_life),
-        "value": num(value),
+        "value": value if isinstance(value, orjson.Fragment) else num(value),
         "price": num(t.price),
         "ts_event_us": t.ts_event_us,
         "ts_recv_us": t.ts_recv_us,
     }
+
+
+_VALUE = b'"\x00value"'
+
+
+class EwmaFrames:
+    """The ``ewma`` frames of one trade on one topic, one per value: the rest is serialized once."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, topic: str, symbol: str, exchange: str, half_life: Decimal, t: Trade) -> None:
+        data = ewma_data(symbol, exchange, half_life, orjson.Fragment(_VALUE), t)
+        self._head, self._tail = orjson.dumps({"type": "ewma", "topic": topic, "data": data}).split(_VALUE)
+
+    def __call__(self, value: Decimal) -> bytes:
+        return text_frame(self._head + number_text(value) + self._tail)
 
 
 ORDER_FIELDS = ("token_id", "symbol", "side", "type", "price", "quantity", "status", "filled_quantity",

@@ -9,7 +9,8 @@ partition-tagged on a cluster).
 - trades: each trade is serialized once per topic (its exchange's and ``all``) and queued in order;
 - klines: a ``KlineBuilder`` for every symbol x filter x interval runs from process start (the trade
   channels are held for the process's life), closed on a 1 s timer aligned to the wall clock;
-- ewma: one ``Ewma`` per subscription, started at subscription time.
+- ewma: one ``EwmaFan`` per ``(symbol, filter, half-life)`` topic, each subscription's average started at
+  subscription time; subscriptions that joined before the same trade share one value and one frame.
 
 Every handler here runs synchronously in the hub's reader: it only appends to client queues.
 """
@@ -29,7 +30,7 @@ from gateway.realtime import messages
 from gateway.realtime.protocol import EXCHANGE_FILTERS, Spec, Subscription
 from gateway.realtime.queue import ClientQueue
 from shared.best_touch import Touch, best_touch
-from shared.ewma import Ewma
+from shared.ewma import EwmaFan
 from shared.feed_health import FeedHealth
 from shared.klines import INTERVALS_US, Candle, KlineBuilder
 from shared.pubsub import RedisHub
@@ -56,7 +57,10 @@ class _Topic:
 class _EwmaSub:
     spec: Spec
     queue: ClientQueue
-    ewma: Ewma
+
+
+def _fan_key(spec: Spec) -> tuple[str, str]:
+    return spec.topic, str(spec.half_life)  # 30 and 30.0 share a topic name but not their "half_life" digits
 
 
 class MarketData:
@@ -74,7 +78,7 @@ class MarketData:
             (s, f, iv): KlineBuilder(us, settings.ws.kline_history)
             for s in settings.symbols for f in EXCHANGE_FILTERS for iv, us in INTERVALS_US.items()
         }
-        self._ewma: dict[tuple[str, str], list[_EwmaSub]] = {}
+        self._ewma: dict[tuple[str, str], dict[tuple[str, str], EwmaFan[_EwmaSub]]] = {}
         self._grace_us = int(settings.ws.kline_grace_s * 1_000_000)
         self._redis = connect_any(settings.redis.url, settings.redis.cluster)
         self._ticker: asyncio.Task[None] | None = None
@@ -137,17 +141,24 @@ class MarketData:
             self._klines.setdefault(key, _Topic(spec)).subs.add(queue)
             return Subscription(lambda: self._unsubscribe(spec, queue, None))
         assert spec.stream == "ewma" and spec.half_life is not None
-        sub = _EwmaSub(spec, queue, Ewma(spec.half_life))
-        self._ewma.setdefault((sym, flt), []).append(sub)
+        sub = _EwmaSub(spec, queue)
+        fans = self._ewma.setdefault((sym, flt), {})
+        fan = fans.get(_fan_key(spec))
+        if fan is None:
+            fan = fans[_fan_key(spec)] = EwmaFan(spec.half_life)
+        fan.join(sub)
         return Subscription(lambda: self._unsubscribe(spec, queue, sub))
 
     async def _unsubscribe(self, spec: Spec, queue: ClientQueue, extra: _EwmaSub | None) -> None:
         sym, flt = spec.symbol, spec.exchange
         exchanges = EXCHANGES if flt == "all" else (flt,)
         if spec.stream == "ewma":
-            subs = self._ewma.get((sym, flt), [])
-            if extra in subs:
-                subs.remove(extra)
+            fans = self._ewma.get((sym, flt), {})
+            fan = fans.get(_fan_key(spec))
+            if fan is not None and extra is not None:
+                fan.leave(extra)
+                if not len(fan):
+                    del fans[_fan_key(spec)]
         else:
             tables: dict[str, dict[Any, _Topic]] = {
                 "best_touch": self._touch, "trades": self._trades, "klines": self._klines}
@@ -258,12 +269,12 @@ class MarketData:
                 closed = self._builders[(t.symbol, flt, iv)].add(t.price, t.size, t.ts_event_us, t.ts_recv_us)
                 if closed:
                     self._push_candles((t.symbol, flt, iv), closed)
-            for sub in self._ewma.get((t.symbol, flt), ()):
-                value = sub.ewma.update(t.price, t.ts_event_us)
-                name = sub.spec.topic
-                assert sub.spec.half_life is not None
-                sub.queue.put_conflated(name, messages.push_frame("ewma", name, messages.ewma_data(
-                    t.symbol, flt, sub.spec.half_life, value, t)))
+            for (name, _), fan in self._ewma.get((t.symbol, flt), {}).items():
+                frames = messages.EwmaFrames(name, t.symbol, flt, fan.half_life, t)
+                for value, members in fan.update(t.price, t.ts_event_us):
+                    frame = frames(value)
+                    for sub in members:
+                        sub.queue.put_conflated(name, frame)
 
     # -- klines ------------------------------------------------------------------------------------
 
