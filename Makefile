@@ -8,7 +8,7 @@ PORT ?= 8000
 CLUSTER ?=
 export PORT FEED
 
-.PHONY: run test test-cluster bench-cluster lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
+.PHONY: run test test-cluster bench-cluster bench-orders lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -64,6 +64,9 @@ soak-model: $(STAMP)  # the ledger state machine, longer: FUZZ_EXAMPLES examples
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+
+bench-orders: $(STAMP)  # REST CPU per request as ratios to a trivial FastAPI route, one run (bench/rest_ratio.py)
+	$(BIN)/python -m bench.rest_ratio
 
 bench-cluster: $(STAMP)  # one gateway vs two on an embedded Redis Cluster, one run (docs/scaling.md)
 	$(BIN)/python -m bench.cluster_gateways
