@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,7 +127,9 @@ async def main() -> None:
         port = free_port()
         env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": log_level,
                "SR_GATEWAY__WORKERS": "1", "SR_METRICS__MATCHER_PORT": "0"}
-        procs = [spawn("gateway", env), spawn("matcher", env)]
+        # BENCH_PROFILE=/tmp/gw.prof: the gateway runs under cProfile (stopped with SIGINT so the file is written)
+        profile = os.environ.get("BENCH_PROFILE", "")
+        procs = [spawn("gateway", env, profile), spawn("matcher", env)]
         r = aioredis.Redis.from_url(srv.url)
         halt = asyncio.Event()
         hb = asyncio.create_task(heartbeat(r, halt))
@@ -160,6 +164,10 @@ async def main() -> None:
             halt.set()
             await hb
             await r.aclose()
+            if profile:
+                procs[0].send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    procs[0].wait(30)
             stop(procs)
             srv.stop()
     print("\n".join(lines))
