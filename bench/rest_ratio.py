@@ -1,6 +1,7 @@
-"""REST CPU as ratios to a reference measured in the same run: ``python -m bench.rest_ratio [--clients 16] [--seconds 5]``.
+"""REST CPU as ratios to a reference measured in the same run: ``python -m bench.rest_ratio [--clients 16]
+[--seconds 3] [--rounds 3]`` (``make bench-orders``).
 
-One run starts, one after the other, on loopback:
+One run starts, on loopback:
 
 (a) the reference: a trivial FastAPI app on uvicorn, one worker (``bench/trivial_app.py``: one route returning a
     small dict);
@@ -8,9 +9,10 @@ One run starts, one after the other, on loopback:
 
 Each is driven by the same load tool (``bench.orders.Http``: keep-alive HTTP/1.1, ``--clients`` concurrent clients,
 closed loop, ``--seconds`` per phase), and the server's CPU (utime + stime from /proc) is divided by the requests
-answered. Printed: the trivial route, the gateway's ``GET /health`` and an accepted limit order (``POST /orders``,
-resting: it never crosses), each in µs of server CPU per request and as a ratio to the trivial route; for orders,
-Redis's CPU per order beside it. Figures, not assertions: no test checks a timing.
+answered. The three phases (trivial route, the gateway's ``GET /health``, an accepted limit order: ``POST /orders``
+resting, it never crosses) run interleaved for ``--rounds`` rounds; printed are the medians, in µs of server CPU per
+request and as a ratio to the trivial route (the median of each round's ratio), and for orders Redis's and the
+matcher's CPU per order beside it. Figures, not assertions: no test checks a timing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,9 @@ async def drive(conns: list[Http], toks: list[str], make: Request, seconds: floa
                 pids: dict[str, list[int]]) -> tuple[int, int, dict[str, float]]:
     """Closed loop for ``seconds``: answers with status ``ok``, other answers, CPU seconds per process group."""
     good = bad = 0
+    for c in conns:  # the idle ones were closed by the server's keep-alive timeout while other phases ran
+        await c.close()
+        c.reader = c.writer = None
     cpu0 = {k: cpu_s(v) for k, v in pids.items()}
     deadline = time.monotonic() + seconds
 
@@ -84,46 +90,31 @@ async def warm(conns: list[Http], toks: list[str], make: Request, ok: int) -> No
         assert st == ok, (st, data)
 
 
-def line(name: str, good: int, bad: int, spent: float, ref: float | None, extra: str = "") -> str:
-    per = spent / max(1, good) * 1e6
-    ratio = f"{per / ref:.2f}x the trivial route" if ref else "reference"
-    return f"  {name:<28} {per:8,.0f} µs server CPU/request  ({ratio}; {good} answered, {bad} other){extra}"
+def line(name: str, counts: list[int], per: float, ratio: float | None, extra: str = "") -> str:
+    how = f"{ratio:.2f}x the trivial route" if ratio is not None else "the reference"
+    return (f"  {name:<28} {per:8,.0f} µs server CPU/request  ({how}; {counts[0]} answered, {counts[1]} other)"
+            f"{extra}")
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per phase and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of the three phases, interleaved (the median is printed: a busy machine skews "
+                         "one phase, not the ratio)")
     ap.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="always",
                     help="Redis AOF fsync policy (the product default is always: no acknowledged write lost)")
     args = ap.parse_args()
     log_level = os.environ.get("BENCH_LOG_LEVEL", "WARNING")
-    print(f"REST CPU per request, {args.clients} keep-alive clients, closed loop, {args.seconds:g} s per phase "
-          f"(python -m bench.rest_ratio --clients {args.clients} --seconds {args.seconds:g})")
+    print(f"REST CPU per request: {args.clients} keep-alive clients, closed loop, {args.seconds:g} s per phase, "
+          f"{args.rounds} interleaved rounds, medians (python -m bench.rest_ratio --clients {args.clients} "
+          f"--seconds {args.seconds:g} --rounds {args.rounds})")
 
-    # (a) the reference
-    port = free_port()
-    ref_proc = start_reference(port, log_level)
-    try:
-        await wait_port(port)
-        conns = [Http(port) for _ in range(args.clients)]
-        toks = [tokens.issue(f"ref{i}", SECRET, 3600) for i in range(args.clients)]
-
-        def get_root(i: int, n: int) -> tuple[str, str, bytes]:
-            return "GET", "/", b""
-
-        await warm(conns, toks, get_root, 200)
-        good, bad, spent = await drive(conns, toks, get_root, args.seconds, 200, {"server": [ref_proc.pid]})
-        for c in conns:
-            await c.close()
-    finally:
-        stop([ref_proc])
-    ref = spent["server"] / max(1, good) * 1e6
-    lines = [line("trivial FastAPI route", good, bad, spent["server"], None)]
-
-    # (b) the gateway
     with tempfile.TemporaryDirectory() as tmp:
-        srv = EmbeddedRedis(tmp, appendfsync=args.appendfsync).start()
+        ref_port = free_port()
+        ref_proc = start_reference(ref_port, log_level)  # (a) the reference
+        srv = EmbeddedRedis(tmp, appendfsync=args.appendfsync).start()  # (b) the gateway, its Redis and matcher
         port = free_port()
         env = {**os.environ, "REDIS_URL": srv.url, "JWT_SECRET": SECRET, "PORT": str(port), "LOG_LEVEL": log_level,
                "SR_GATEWAY__WORKERS": "1", "SR_METRICS__MATCHER_PORT": "0"}
@@ -134,31 +125,47 @@ async def main() -> None:
         halt = asyncio.Event()
         hb = asyncio.create_task(heartbeat(r, halt))
         try:
+            await wait_port(ref_port)
             await wait_port(port)
             await asyncio.sleep(0.5)
             assert srv.proc is not None
+            ref_pids = {"server": [ref_proc.pid]}
             pids = {"server": [procs[0].pid], "redis": [srv.proc.pid], "matcher": [procs[1].pid]}
+            ref_conns = [Http(ref_port) for _ in range(args.clients)]
+            ref_toks = [tokens.issue(f"ref{i}", SECRET, 3600) for i in range(args.clients)]
             toks, conns = await funded_clients(port, "ratio", args.clients)
+
+            def get_root(i: int, n: int) -> tuple[str, str, bytes]:
+                return "GET", "/", b""
 
             def get_health(i: int, n: int) -> tuple[str, str, bytes]:
                 return "GET", "/health", b""
 
+            def placing(rnd: int) -> Request:
+                def place(i: int, n: int) -> tuple[str, str, bytes]:
+                    return "POST", "/orders", orjson.dumps(
+                        {"token_id": f"r{rnd}-{n + 1}", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00",
+                         "quantity": "0.001"})
+                return place
+
+            await warm(ref_conns, ref_toks, get_root, 200)
             await warm(conns, toks, get_health, 200)
-            good, bad, spent = await drive(conns, toks, get_health, args.seconds, 200, pids)
-            lines.append(line("gateway GET /health", good, bad, spent["server"], ref))
-
-            def place(i: int, n: int) -> tuple[str, str, bytes]:
-                return "POST", "/orders", orjson.dumps(
-                    {"token_id": f"r{n + 1}", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00",
-                     "quantity": "0.001"})
-
-            await warm(conns, toks, place, 201)
-            good, bad, spent = await drive(conns, toks, place, args.seconds, 201, pids)
-            n = max(1, good)
-            lines.append(line("gateway POST /orders (rests)", good, bad, spent["server"], ref,
-                              f"; Redis {spent['redis'] / n * 1e6:,.0f} µs/order, "
-                              f"matcher {spent['matcher'] / n * 1e6:,.0f} µs/order"))
-            for c in conns:
+            await warm(conns, toks, placing(-1), 201)
+            per: dict[str, list[float]] = {"ref": [], "health": [], "orders": [], "redis": [], "matcher": []}
+            counts = {"ref": [0, 0], "health": [0, 0], "orders": [0, 0]}
+            for rnd in range(args.rounds):
+                for name, cs, ts, make, ok, ps in (("ref", ref_conns, ref_toks, get_root, 200, ref_pids),
+                                                   ("health", conns, toks, get_health, 200, pids),
+                                                   ("orders", conns, toks, placing(rnd), 201, pids)):
+                    good, bad, spent = await drive(cs, ts, make, args.seconds, ok, ps)
+                    counts[name][0] += good
+                    counts[name][1] += bad
+                    n = max(1, good)
+                    per[name].append(spent["server"] / n * 1e6)
+                    if name == "orders":
+                        per["redis"].append(spent["redis"] / n * 1e6)
+                        per["matcher"].append(spent["matcher"] / n * 1e6)
+            for c in ref_conns + conns:
                 await c.close()
         finally:
             halt.set()
@@ -168,9 +175,16 @@ async def main() -> None:
                 procs[0].send_signal(signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     procs[0].wait(30)
-            stop(procs)
+            stop([ref_proc, *procs])
             srv.stop()
-    print("\n".join(lines))
+    med = statistics.median
+    ref = med(per["ref"])
+    ratios = {k: med(a / b for a, b in zip(per[k], per["ref"], strict=True)) for k in ("health", "orders")}
+    print(line("trivial FastAPI route", counts["ref"], ref, None))
+    print(line("gateway GET /health", counts["health"], med(per["health"]), ratios["health"]))
+    print(line("gateway POST /orders (rests)", counts["orders"], med(per["orders"]), ratios["orders"],
+               f"; Redis {med(per['redis']):,.0f} µs/order, matcher {med(per['matcher']):,.0f} µs/order"))
+    print("  per round (µs): " + "; ".join(f"{k} " + " ".join(f"{v:,.0f}" for v in vs) for k, vs in per.items()))
 
 
 if __name__ == "__main__":
