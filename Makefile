@@ -8,7 +8,7 @@ PORT ?= 8000
 CLUSTER ?=
 export PORT FEED
 
-.PHONY: run test test-cluster bench-cluster bench-memory bench-ingest-ratio lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
+.PHONY: run test test-cluster bench-cluster bench-memory bench-ingest-ratio bench-orders lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -67,6 +67,9 @@ bench: $(STAMP)
 
 bench-memory: $(STAMP)  # gateway RSS per connected client, against a bare websockets server (docs/gateway-ws.md)
 	$(BIN)/python -m bench.ws_memory
+
+bench-orders: $(STAMP)  # REST CPU per request as ratios to a trivial FastAPI route, one run (bench/rest_ratio.py)
+	$(BIN)/python -m bench.rest_ratio
 
 bench-cluster: $(STAMP)  # one gateway vs two on an embedded Redis Cluster, one run (docs/scaling.md)
 	$(BIN)/python -m bench.cluster_gateways

@@ -83,8 +83,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = f"request body larger than {self.max_bytes} bytes"
         ctype = ""
+        longest = -1  # the largest Content-Length announced (-1: none)
+        chunked = False
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -97,10 +98,22 @@ class BodyLimitMiddleware:
                 if announced > self.max_bytes:
                     if announced <= self.max_bytes + DRAIN_BYTES:
                         await _drain(receive, announced)
-                    await _reply(send, 413, "payload_too_large", too_big)
+                    await _reply(send, 413, "payload_too_large", f"request body larger than {self.max_bytes} bytes")
                     return
+                longest = max(longest, announced)
             elif name == b"content-type":
                 ctype = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                chunked = True
+        if longest <= 0 and not chunked:
+            # No body (Content-Length: 0, or neither header: HTTP/1.1 then has none): nothing to read, bound or
+            # parse, so the application reads the server's own (empty) body.
+            await self.app(scope, receive, send)
+            return
+        await self._with_body(scope, receive, send, ctype)
+
+    async def _with_body(self, scope: Scope, receive: Receive, send: Send, ctype: str) -> None:
+        too_big = f"request body larger than {self.max_bytes} bytes"
 
         chunks: list[bytes] = []
         size = 0
