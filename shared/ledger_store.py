@@ -20,7 +20,7 @@ import math
 import random
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -333,8 +333,7 @@ async def place(r: Client, rules: PairRules, *, user_id: str, token_id: str, sid
     placing = {"symbol": rules.symbol, "side": side, "type": type_, "quantity": fmt(quantity),
                "price": None if price is None else fmt(price)}
     in_tx = None if isinstance(r, RedisCluster) else shards
-    return await _through_intake(r, shard, user_id, token_id, placing,
-                                 transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step))
+    return await _through_intake(r, shard, user_id, token_id, placing, step)
 
 
 async def cancel(r: Client, *, user_id: str, token_id: str, now_us: int, shards: int = 1) -> Order:
@@ -373,32 +372,32 @@ async def modify(r: Client, rules: Mapping[str, PairRules], *, user_id: str, tok
 # late transaction, which WATCHes the same key, cannot overwrite. So an order whose transaction applied is never
 # unknown to its matcher, whichever process dies where.
 
-async def _change(r: Client, user_id: str, token_id: str, shards: int,
-                  step: Callable[[list[Any]], tuple[Order, list[Cmd]]]) -> Order:
-    run = transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
+Step = Callable[[list[Any]], tuple[Order, list[Cmd]]]
+
+
+async def _apply(r: Client, user_id: str, token_id: str, step: Step) -> Order:
+    return await transact(r, _watched(user_id, token_id), _state_reads(user_id, token_id), step)
+
+
+async def _change(r: Client, user_id: str, token_id: str, shards: int, step: Step) -> Order:
     if not isinstance(r, RedisCluster):
-        return await run
+        return await _apply(r, user_id, token_id, step)
     current = await _read_order(r, user_id, token_id)
     if current is None:
-        run.close()
         raise not_found(token_id)
-    return await _through_intake(r, names.matcher_shard(current.symbol, shards), user_id, token_id, None, run)
+    return await _through_intake(r, names.matcher_shard(current.symbol, shards), user_id, token_id, None, step)
 
 
 async def _through_intake(r: Client, shard: int, user_id: str, token_id: str, placing: dict[str, Any] | None,
-                          run: Coroutine[Any, Any, Order]) -> Order:
+                          step: Step) -> Order:
     if not isinstance(r, RedisCluster):
-        return await run
+        return await _apply(r, user_id, token_id, step)
     stream = names.intake_stream(shard)
+    intent = _s(await r.xadd(stream, {INTENT: orjson.dumps({"user_id": user_id, "token_id": token_id,
+                                                             "placing": placing})},
+                             maxlen=names.INTAKE_MAXLEN, approximate=True))
     try:
-        intent = _s(await r.xadd(stream, {INTENT: orjson.dumps({"user_id": user_id, "token_id": token_id,
-                                                                 "placing": placing})},
-                                 maxlen=names.INTAKE_MAXLEN, approximate=True))
-    except BaseException:
-        run.close()
-        raise
-    try:
-        order = await run
+        order = await _apply(r, user_id, token_id, step)
     except DomainError:  # refused: nothing was written
         await _confirm(r, stream, {WITHDRAWN: intent})
         raise
