@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.orders import SECRET, Http, cpu_s, pct, spawn, wait_port
+from bench.orders import SECRET, Http, cpu_s, pct, spawn, stop_procs, wait_port
 from shared import tokens
 from shared.embedded_cluster import EmbeddedCluster
 from shared.embedded_redis import free_port
@@ -133,13 +132,7 @@ async def main() -> None:
             print(f"RESULT 2 gateways / 1 gateway: {two.rate / one.rate:.2f}x accepted orders/s "
                   f"({os.cpu_count()} cores for the gateways, {args.masters} Redis masters, the matcher and the load)")
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_procs(procs)
             cluster.stop()
 
 

@@ -76,25 +76,42 @@ class Http:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pids: list[int]) -> float:
-    """utime + stime of these processes and their direct children (uvicorn workers), in seconds."""
-    total = 0
-    seen: set[int] = set()
+def process_tree(pids: list[int]) -> list[int]:
+    """These processes and their descendants (uvicorn workers), alive ones only as far as /proc says."""
+    out: list[int] = []
     todo = list(pids)
     while todo:
         pid = todo.pop()
-        if pid in seen:
+        if pid in out:
             continue
-        seen.add(pid)
-        try:
+        out.append(pid)
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def cpu_s(pids: list[int]) -> float:
+    """utime + stime of these processes and their children, in seconds."""
+    total = 0
+    for pid in process_tree(pids):
+        with contextlib.suppress(OSError, ValueError):
             stat = Path(f"/proc/{pid}/stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-            for task in Path(f"/proc/{pid}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue
     return total / CLK_TCK
+
+
+def stop_procs(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:
+    """Signal every process, then wait for each (killed after 10 s)."""
+    for p in procs:
+        p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 class CpuMeter:
@@ -336,13 +353,7 @@ async def main() -> None:
             stop.set()
             await hb
             await r.aclose()
-            for p in procs:
-                p.send_signal(signal.SIGINT) if profile else p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_procs(procs, signal.SIGINT if profile else signal.SIGTERM)
             srv.stop()
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
-from bench.orders import ROOT, SECRET, Http, cpu_s, funded_clients, heartbeat, spawn, wait_port
+from bench.orders import ROOT, SECRET, Http, cpu_s, funded_clients, heartbeat, spawn, stop_procs, wait_port
 from shared import tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
 
@@ -70,17 +70,6 @@ def start_reference(port: int, log_level: str) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "uvicorn", "bench.trivial_app:app", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--log-level", log_level.lower(), "--no-access-log"],
         cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 async def warm(conns: list[Http], toks: list[str], make: Request, ok: int) -> None:
@@ -175,7 +164,7 @@ async def main() -> None:
                 procs[0].send_signal(signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     procs[0].wait(30)
-            stop([ref_proc, *procs])
+            stop_procs([ref_proc, *procs])
             srv.stop()
     med = statistics.median
     ref = med(per["ref"])

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.orders import SECRET, spawn, wait_port
+from bench.orders import SECRET, process_tree, spawn, stop_procs, wait_port
 from bench.rawws import RawClient, Stats, client_frame, connect
 from shared import tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
@@ -49,18 +48,11 @@ asyncio.run(main())
 
 def rss_kb(pid: int) -> int:
     total = 0
-    todo, seen = [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    for p in process_tree([pid]):
         with contextlib.suppress(OSError, ValueError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
     return total
 
 
@@ -138,13 +130,7 @@ async def main() -> None:
             print(f"RESULT gateway idle client {idle:.1f} KB (target <= 50 KB), {idle / ref:.2f}x the bare server's "
                   f"{ref:.1f} KB; subscribed {busy:.1f} KB ({args.clients} clients)")
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_procs(procs)
             srv.stop()
 
 
