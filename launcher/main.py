@@ -20,12 +20,13 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher import cluster as cluster_dir
 from launcher import lock
-from shared.embedded_cluster import ClusterError, EmbeddedCluster
+from shared.embedded_cluster import ClusterError, EmbeddedCluster, EmbeddedNode
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.lifeline import die_with_parent
 from shared.settings import ROOT, Settings, SettingsError, load_settings
@@ -105,20 +106,9 @@ class Launcher:
                 await asyncio.wait_for(self.stopping.wait(), 0.2)
             if self.stopping.is_set() or srv.proc is None or srv.proc.poll() is None:
                 continue
-            banner = "!" * 72
-            say(f"\n{banner}\n!!! redis-server DIED with exit code {srv.proc.returncode}\n{banner}")
-            while not self.stopping.is_set():
-                try:
-                    await asyncio.to_thread(srv.start)
-                except RuntimeError as e:  # e.g. the port not yet released: try again
-                    say(f"redis-server restart failed: {e}")
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), 1.0)
-                    continue
-                self.redis_restarts += 1
-                say(f"restarted redis-server on {srv.url} (pid {srv.proc.pid if srv.proc else '?'})")
-                self._write_pids()
-                break
+            await self._bring_back(f"redis-server DIED with exit code {srv.proc.returncode}", "redis-server",
+                                   lambda: asyncio.to_thread(srv.start), (RuntimeError,),  # e.g. the port not free yet
+                                   lambda: f"redis-server on {srv.url} (pid {srv.proc.pid if srv.proc else '?'})")
 
     async def _watch_cluster(self) -> None:
         """Restart a dead node of the embedded cluster on its port and directory: it reads its nodes.conf and AOF
@@ -132,21 +122,34 @@ class Launcher:
             for node in cluster.nodes:
                 if self.stopping.is_set() or node.proc is None or node.alive:
                     continue
-                banner = "!" * 72
-                say(f"\n{banner}\n!!! redis node-{node.index} (port {node.port}) DIED with exit code "
-                    f"{node.proc.returncode}\n{banner}")
-                while not self.stopping.is_set():
-                    try:
-                        await cluster.arestart(node)  # forks in this (the loop's) thread: PR_SET_PDEATHSIG
-                    except (ClusterError, OSError) as e:
-                        say(f"redis node-{node.index} restart failed: {e}")
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self.stopping.wait(), 1.0)
-                        continue
-                    self.redis_restarts += 1
-                    say(f"restarted redis node-{node.index} on port {node.port} (pid {node.pid})")
-                    self._write_pids()
-                    break
+                await self._bring_back_node(cluster, node)
+
+    async def _bring_back_node(self, cluster: EmbeddedCluster, node: EmbeddedNode) -> None:
+        assert node.proc is not None
+        await self._bring_back(
+            f"redis node-{node.index} (port {node.port}) DIED with exit code {node.proc.returncode}",
+            f"redis node-{node.index}",
+            lambda: cluster.arestart(node),  # forks in this (the loop's) thread: PR_SET_PDEATHSIG
+            (ClusterError, OSError),
+            lambda: f"redis node-{node.index} on port {node.port} (pid {node.pid})")
+
+    async def _bring_back(self, death: str, name: str, start: Callable[[], Awaitable[object]],
+                          retry_on: tuple[type[BaseException], ...], started: Callable[[], str]) -> None:
+        """Say loudly that a Redis server died, then start it again every second until it runs (or we stop)."""
+        banner = "!" * 72
+        say(f"\n{banner}\n!!! {death}\n{banner}")
+        while not self.stopping.is_set():
+            try:
+                await start()
+            except retry_on as e:
+                say(f"{name} restart failed: {e}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), 1.0)
+                continue
+            self.redis_restarts += 1
+            say(f"restarted {started()}")
+            self._write_pids()
+            return
 
     async def _pump(self, p: Proc) -> None:
         assert p.proc and p.proc.stdout
