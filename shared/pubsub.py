@@ -40,7 +40,6 @@ from shared.redis_conn import connect, connect_cluster, ready, seeds
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[str, bytes], None]
-CONFIRM_S = 2.0  # how long ``acquire`` waits for the server to confirm a new subscription
 
 
 class RedisHub:
@@ -51,7 +50,6 @@ class RedisHub:
         self._dispatch = dispatch
         self._on_resubscribed = on_resubscribed
         self._refs: dict[str, int] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}  # the server's (s)subscribe reply, awaited by ``acquire``
         self._conn: _Subscriber = _Sharded(self, redis_url) if cluster else _Single(self, redis_url)
         self.messages = 0
         self.reconnect_failures = 0
@@ -71,12 +69,7 @@ class RedisHub:
         n = self._refs.get(channel, 0) + 1
         self._refs[channel] = n
         if n == 1:
-            # Sending SUBSCRIBE is not having it: until the server's reply, a PUBLISH on another connection may be
-            # processed first and missed (a client acked on "subscribed" would lose the order event that follows).
-            confirmed = self._confirmed[channel] = asyncio.Event()
             await self._conn.sync(channel)
-            with contextlib.suppress(TimeoutError):  # a lost connection: the repair resubscribes, as before
-                await asyncio.wait_for(confirmed.wait(), CONFIRM_S)
         return n == 1
 
     async def release(self, channel: str) -> bool:
@@ -86,14 +79,8 @@ class RedisHub:
             self._refs[channel] = n
             return False
         self._refs.pop(channel, None)
-        self._confirmed.pop(channel, None)
         await self._conn.sync(channel)
         return True
-
-    def _subscribed(self, channel: str) -> None:
-        ev = self._confirmed.get(channel)
-        if ev is not None:
-            ev.set()
 
     def _deliver(self, channel: str, data: bytes) -> None:
         self.messages += 1
@@ -192,7 +179,7 @@ class _Single:
                 if self._dirty or self._pubsub.connection is None:
                     await self._reconnect()
                     self._hub._resubscribed()
-                msg = await self._pubsub.get_message(timeout=1.0)
+                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # RedisError, OSError, or redis-py's state broken by the loss
@@ -203,12 +190,9 @@ class _Single:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.2
-            if msg is None:
+            if msg is None or msg.get("type") != "message":
                 continue
-            if msg["type"] == "message":
-                self._hub._deliver(_text(msg["channel"]), msg["data"])
-            elif msg["type"] == "subscribe":
-                self._hub._subscribed(_text(msg["channel"]))
+            self._hub._deliver(_text(msg["channel"]), msg["data"])
 
     async def _reconnect(self) -> None:
         """A new pub/sub connection subscribed to every wanted channel; raises (and stays dirty) on failure."""
@@ -385,8 +369,6 @@ class _Sharded:
                 continue
             if msg["type"] == "smessage":
                 self._hub._deliver(_text(msg["channel"]), msg["data"])
-            elif msg["type"] == "ssubscribe":
-                self._hub._subscribed(_text(msg["channel"]))
             elif msg["type"] == "sunsubscribe":
                 channel = _text(msg["channel"])
                 if not link.unsubscribed(channel):  # the server's own: the slot migrated, or its master failed over
