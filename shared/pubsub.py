@@ -40,6 +40,7 @@ from shared.redis_conn import connect, connect_cluster, ready, seeds
 log = logging.getLogger(__name__)
 
 Dispatch = Callable[[str, bytes], None]
+CONFIRM_S = 2.0  # how long ``acquire`` waits for the server to confirm a subscription it sent
 
 
 class RedisHub:
@@ -50,6 +51,7 @@ class RedisHub:
         self._dispatch = dispatch
         self._on_resubscribed = on_resubscribed
         self._refs: dict[str, int] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}  # the server's (s)subscribe reply, awaited by ``acquire``
         self._conn: _Subscriber = _Sharded(self, redis_url) if cluster else _Single(self, redis_url)
         self.messages = 0
         self.reconnect_failures = 0
@@ -69,7 +71,17 @@ class RedisHub:
         n = self._refs.get(channel, 0) + 1
         self._refs[channel] = n
         if n == 1:
-            await self._conn.sync(channel)
+            # Sending SUBSCRIBE is not having it: until the server's reply, a PUBLISH on another connection may be
+            # processed first and missed (a client acked on "subscribed" would lose the order event that follows).
+            confirmed = self._confirmed[channel] = asyncio.Event()
+            if await self._conn.sync(channel):
+                with contextlib.suppress(TimeoutError):  # a connection lost meanwhile: the repair resubscribes
+                    await asyncio.wait_for(confirmed.wait(), CONFIRM_S)
+            if self._confirmed.get(channel) is confirmed:  # not sent, or no reply in time: nobody else waits
+                del self._confirmed[channel]
+        elif (pending := self._confirmed.get(channel)) is not None:  # another user's subscribe is in flight
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pending.wait(), CONFIRM_S)
         return n == 1
 
     async def release(self, channel: str) -> bool:
@@ -79,8 +91,14 @@ class RedisHub:
             self._refs[channel] = n
             return False
         self._refs.pop(channel, None)
+        self._confirmed.pop(channel, None)
         await self._conn.sync(channel)
         return True
+
+    def _subscribed(self, channel: str) -> None:
+        ev = self._confirmed.pop(channel, None)
+        if ev is not None:
+            ev.set()
 
     def _deliver(self, channel: str, data: bytes) -> None:
         self.messages += 1
@@ -102,9 +120,10 @@ class _Subscriber(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def sync(self, channel: str) -> None:
-        """Subscribe or unsubscribe ``channel`` as the hub now wants it; never raises (a failure is repaired by
-        the reader, which resubscribes what is wanted)."""
+    async def sync(self, channel: str) -> bool:
+        """Subscribe or unsubscribe ``channel`` as the hub now wants it; True when a subscribe went out (its
+        confirmation will reach ``RedisHub._subscribed``). Never raises: a failure is repaired by the reader, which
+        resubscribes what is wanted."""
 
 
 def _text(v: bytes | str) -> str:
@@ -142,8 +161,9 @@ class _Single:
         if self._redis:
             await self._redis.aclose()
 
-    async def sync(self, channel: str) -> None:
+    async def sync(self, channel: str) -> bool:
         # Re-check under the lock: an acquire and a release of one channel may race.
+        sent = False
         async with self._lock:
             assert self._pubsub is not None
             refs = self._hub._refs
@@ -152,6 +172,7 @@ class _Single:
                 if wanted and channel not in self._subscribed:
                     await self._pubsub.subscribe(channel)
                     self._subscribed.add(channel)
+                    sent = True
                 elif not wanted and channel in self._subscribed:
                     self._subscribed.discard(channel)
                     await self._pubsub.unsubscribe(channel)
@@ -166,6 +187,7 @@ class _Single:
                 self._has_channels.set()
             else:
                 self._has_channels.clear()
+        return sent
 
     async def _reader(self) -> None:
         backoff = 0.2
@@ -179,7 +201,7 @@ class _Single:
                 if self._dirty or self._pubsub.connection is None:
                     await self._reconnect()
                     self._hub._resubscribed()
-                msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                msg = await self._pubsub.get_message(timeout=1.0)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # RedisError, OSError, or redis-py's state broken by the loss
@@ -190,9 +212,12 @@ class _Single:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.2
-            if msg is None or msg.get("type") != "message":
+            if msg is None:
                 continue
-            self._hub._deliver(_text(msg["channel"]), msg["data"])
+            if msg["type"] == "message":
+                self._hub._deliver(_text(msg["channel"]), msg["data"])
+            elif msg["type"] == "subscribe":
+                self._hub._subscribed(_text(msg["channel"]))
 
     async def _reconnect(self) -> None:
         """A new pub/sub connection subscribed to every wanted channel; raises (and stays dirty) on failure."""
@@ -308,13 +333,14 @@ class _Sharded:
         slot = self._slot(channel)
         return self._cluster.nodes_manager.get_node_from_slot(slot), slot
 
-    async def sync(self, channel: str) -> None:
+    async def sync(self, channel: str) -> bool:
         async with self._lock:
             wanted = channel in self._hub._refs
             link = self._place.get(channel)
             try:
                 if wanted and link is None:
                     await self._subscribe(self._owner(channel)[0], [channel])
+                    return True
                 elif not wanted and link is not None:
                     del self._place[channel]
                     await link.unsubscribe(channel)
@@ -323,6 +349,7 @@ class _Sharded:
                 if link is not None:
                     link.lost = True
                 self._trouble.set()
+        return False
 
     async def _subscribe(self, node: ClusterNode, channels: list[str]) -> None:
         """``SSUBSCRIBE channels`` (one slot) on ``node``'s link, opened on first use."""
@@ -369,6 +396,8 @@ class _Sharded:
                 continue
             if msg["type"] == "smessage":
                 self._hub._deliver(_text(msg["channel"]), msg["data"])
+            elif msg["type"] == "ssubscribe":
+                self._hub._subscribed(_text(msg["channel"]))
             elif msg["type"] == "sunsubscribe":
                 channel = _text(msg["channel"])
                 if not link.unsubscribed(channel):  # the server's own: the slot migrated, or its master failed over
