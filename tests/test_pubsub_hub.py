@@ -10,6 +10,7 @@ import time
 import pytest
 
 from shared.pubsub import RedisHub
+from tests.e2etools import wait_until
 from tests.servers import CLUSTER_PASS, redis_client
 
 
@@ -31,9 +32,7 @@ async def test_a_message_published_right_after_acquire_is_delivered(redis_url: s
             assert await _publish(r, ch, ch) == 1, f"{ch}: no subscriber once acquire returned"
         # A second user of a channel whose subscribe is already confirmed returns at once and shares it.
         assert not await hub.acquire(channels[0])
-        deadline = time.monotonic() + 5
-        while len(got) < len(channels) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: len(got) >= len(channels), 5, "every message")
         assert [d.decode() for _, d in got] == channels
     finally:
         await hub.stop()
