@@ -154,7 +154,7 @@ class Services:
     def __enter__(self) -> Services:
         self._thread.start()
         if not self._ready.wait(90) or self._error:
-            raise RuntimeError(f"services did not start: {self._error!r}")
+            raise RuntimeError(f"services did not start: {self._error!r}") from self._error
         return self
 
     def __exit__(self, *exc: object) -> None:
