@@ -26,8 +26,10 @@ venv: $(STAMP)
 
 # CLUSTER=1: the same system on an embedded 3-master Redis Cluster (data/cluster), two gateways (PORT, PORT+1) and
 # two matchers; CLUSTER_REPLICAS=1 adds a replica per master (docs/operations.md "make run CLUSTER=1").
+# FEED=replay [FROM=2026-11-30T10:00] [TO=...] [SPEED=10] [REPLAY=path ...]: a recorded period (python -m recorder ls)
+# through the whole system, in the space 'replay' (docs/recording.md); REPLAY=../shared/exchange-captures for those.
 run: $(STAMP)
-	$(BIN)/python -m launcher --feed $(FEED)$(if $(filter-out 0 no false,$(CLUSTER)), --cluster)
+	$(BIN)/python -m launcher --feed $(FEED)$(if $(filter-out 0 no false,$(CLUSTER)), --cluster)$(if $(REPLAY), --replay $(REPLAY))
 
 test: $(STAMP)
 	$(BIN)/ruff check .

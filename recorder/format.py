@@ -80,8 +80,8 @@ def hour_of(ts_us: int) -> int:
 
 
 def shard_label(suffix: str) -> str:
-    """A shard suffix (``1/2``, ``pairs-1a2b3c4d``) as a file-name part."""
-    return suffix.replace("/", "of")
+    """A shard suffix (``1/2``, ``pairs-1a2b3c4d``) as a file-name part (``1of2``, ``pairs_1a2b3c4d``)."""
+    return suffix.replace("/", "of").replace("-", "_")
 
 
 def file_name(exchange: str, shard: str, hour_us: int) -> str:

@@ -202,6 +202,9 @@ class WsSettings(_Strict):
     rate_per_s: float = Field(default=100.0, gt=0)  # client messages per second (burst: 2 s worth)
     kline_history: int = Field(default=300, ge=1, le=100_000)
     kline_grace_s: float = Field(default=0.25, ge=0, lt=1)
+    # "wall": a candle also closes when its time is over by this machine's clock; "trades": only when a trade of a
+    # later candle comes (a replay, whose exchange times are in the past: FEED=replay sets it)
+    kline_clock: Literal["wall", "trades"] = "wall"
 
 
 class MetricsSettings(_Strict):

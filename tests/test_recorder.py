@@ -49,6 +49,7 @@ def test_file_names_and_times() -> None:
     parsed = fmt.parse_file_name(name)
     assert parsed == fmt.FileName("okx", "1of2", T0)
     assert fmt.parse_file_name("okx-2026.rec.gz") is None
+    assert fmt.parse_file_name(fmt.file_name("okx", "pairs-1a2b", T0)) == fmt.FileName("okx", "pairs_1a2b", T0)
     assert fmt.parse_time("2026-11-30T10:00") == fmt.parse_time("2026-11-30T10:00:00Z") == 1_796_032_800_000_000
     assert fmt.parse_time("1796032800") == 1_796_032_800_000_000
     with pytest.raises(fmt.FormatError):

@@ -80,6 +80,7 @@ class MarketData:
         }
         self._ewma: dict[tuple[str, str], dict[tuple[str, str], EwmaFan[_EwmaSub]]] = {}
         self._grace_us = int(settings.ws.kline_grace_s * 1_000_000)
+        self._wall_clock = settings.ws.kline_clock == "wall"  # "trades": a replay's candles close on its own times
         self._redis = connect_any(settings.redis.url, settings.redis.cluster)
         self._ticker: asyncio.Task[None] | None = None
         self.bad_messages = 0
@@ -131,7 +132,8 @@ class MarketData:
             assert spec.interval is not None
             key = (sym, flt, spec.interval)
             b = self._builders[key]
-            closed = b.close_until(now_us() - self._grace_us)  # the ticker may not have run yet
+            # the ticker may not have run yet
+            closed = b.close_until(now_us() - self._grace_us) if self._wall_clock else []
             if closed:
                 self._push_candles(key, closed)
             for c in b.history:
@@ -301,7 +303,7 @@ class MarketData:
         self._check_live()
         cutoff = now - self._grace_us
         for key, b in self._builders.items():
-            closed = b.close_until(cutoff)
+            closed = b.close_until(cutoff) if self._wall_clock else []
             if closed:
                 self._push_candles(key, closed)
             if b.current is not None:
