@@ -113,7 +113,19 @@ def parse_file_name(name: str) -> FileName | None:
 def venue_symbol(raw: str | bytes) -> str | None:
     """The exchange's own symbol a frame is about (``BTCUSDT``, ``BTC-USDT``), from its first bytes; None for
     acks, pongs and anything else."""
-    head = (raw[:160].encode("utf-8", "replace") if isinstance(raw, str) else raw[:160])
+    if isinstance(raw, str):  # the usual case, without a regex or an encode (the writer does this per frame)
+        i = raw.find('"stream":"', 0, 48)
+        if i >= 0:
+            j = raw.find("@", i + 10, i + 64)
+            if j > 0:
+                return raw[i + 10:j].upper()
+        i = raw.find('"instId":"', 0, 96)
+        if i >= 0:
+            j = raw.find('"', i + 10, i + 48)
+            if j > 0:
+                return raw[i + 10:j]
+        return None
+    head = raw[:160]
     m = _BINANCE_KEY.search(head)
     if m is not None:
         return m.group(1).decode().upper()

@@ -86,7 +86,7 @@ class Recorder:
     enabled = True
 
     def __init__(self, directory: Path, exchange: str, shard: str = "", *, queue_max: int = 100_000,
-                 retention_days: float = 7.0, retention_gb: float = 0.0, compresslevel: int = 6) -> None:
+                 retention_days: float = 7.0, retention_gb: float = 0.0, compresslevel: int = 1) -> None:
         self.directory = directory
         self.exchange = exchange
         self.shard = shard
