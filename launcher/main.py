@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="from_", default=os.environ.get("FROM", ""), metavar="T",
                     help="feed replay: from this time (2026-11-30T10:00, UTC)")
     ap.add_argument("--to", default=os.environ.get("TO", ""), metavar="T", help="feed replay: up to this time")
-    ap.add_argument("--speed", type=float, default=float(os.environ.get("SPEED") or 1),
+    ap.add_argument("--speed", type=float, default=os.environ.get("SPEED") or "1",
                     help="feed replay: 1 (recorded pace) to 50 times faster")
     ap.add_argument("--cluster", action="store_true",
                     help="run on a Redis Cluster (as REDIS_CLUSTER=1): an embedded one of 3 masters in <data>/cluster "
