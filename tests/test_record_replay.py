@@ -110,7 +110,9 @@ async def test_a_recording_replayed_at_x20_reproduces_the_feed_and_the_candles(
             reader = asyncio.create_task(read_klines(gw.url, subs, got, ready))
             try:
                 await asyncio.wait_for(ready.wait(), 10)
-                async with ingestor_processes(redis_url, sim, tmp_path / "..", **space, **common):
+                logs = tmp_path / "replay"
+                logs.mkdir()
+                async with ingestor_processes(redis_url, sim, logs, **space, **common):
                     for sym in PAIRS:
                         await sim.binance.wait_subscribed(f"{sym.lower()}@trade", within=20)
                         await sim.okx.wait_subscribed(("trades", sym[:3] + "-USDT"), within=20)
