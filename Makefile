@@ -26,8 +26,10 @@ venv: $(STAMP)
 
 # CLUSTER=1: the same system on an embedded 3-master Redis Cluster (data/cluster), two gateways (PORT, PORT+1) and
 # two matchers; CLUSTER_REPLICAS=1 adds a replica per master (docs/operations.md "make run CLUSTER=1").
+# FEED=replay [FROM=2026-11-30T10:00] [TO=...] [SPEED=10] [REPLAY=path ...]: a recorded period (python -m recorder ls)
+# through the whole system, in the space 'replay' (docs/recording.md); REPLAY=../shared/exchange-captures for those.
 run: $(STAMP)
-	$(BIN)/python -m launcher --feed $(FEED)$(if $(filter-out 0 no false,$(CLUSTER)), --cluster)
+	$(BIN)/python -m launcher --feed $(FEED)$(if $(filter-out 0 no false,$(CLUSTER)), --cluster)$(if $(REPLAY), --replay $(REPLAY))
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,7 +42,7 @@ test: $(STAMP)
 CLUSTER_SUITES = tests/test_trading_api.py tests/test_trading_ws.py tests/test_gateway_ws.py tests/test_auth_http.py \
 	tests/test_amounts_json.py tests/test_gateway_health.py tests/test_openapi_info.py tests/test_trading_concurrency.py \
 	tests/test_hostile_http.py tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py tests/test_fuzz_ws.py \
-	tests/test_ws_abuse.py tests/test_ledger_model.py tests/test_matcher.py tests/test_matcher_shards.py
+	tests/test_ws_abuse.py tests/test_ledger_model.py tests/test_matcher.py tests/test_matcher_shards.py tests/test_book_stream.py
 test-cluster: $(STAMP)
 	SR_TEST_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_SUITES)
 

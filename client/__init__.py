@@ -3,6 +3,8 @@
 from client.models import (
     Balance,
     BestTouch,
+    Book,
+    BookLevel,
     Ewma,
     Fill,
     Info,
@@ -20,6 +22,6 @@ from client.sdk import ApiError, SimpleRouterClient, Stream, StreamClosed, Subsc
 from client.sync import SyncClient
 
 __all__ = [
-    "ApiError", "Balance", "BestTouch", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page", "Resync",
+    "ApiError", "Balance", "BestTouch", "Book", "BookLevel", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page", "Resync",
     "SimpleRouterClient", "Stream", "StreamClosed", "Subscription", "SymbolInfo", "SyncClient", "Trade", "User",
 ]

@@ -330,10 +330,46 @@ class Message:
     raw: Json = field(default_factory=dict, repr=False, compare=False)
 
 
-StreamMessage = BestTouch | Trade | Kline | Ewma | OrderEvent | Resync | Message
+@dataclass(frozen=True, slots=True)
+class BookLevel:
+    price: Decimal
+    size: Decimal  # over the exchanges
+    sizes: dict[str, Decimal]  # exchange -> its size at this price
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """The ``book`` stream: one exchange's top levels, or both merged by price (``exchange`` ``all``)."""
+
+    topic: str
+    symbol: str
+    exchange: str
+    depth: int
+    bids: list[BookLevel]  # best (highest) first
+    asks: list[BookLevel]  # best (lowest) first
+    live: list[str]
+    crossed: bool
+    ts_event_us: int
+    ts_recv_us: int
+    snapshot: bool = False
+    raw: Json = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_push(cls, msg: Json) -> Book:
+        d = msg["data"]
+
+        def side(levels: Any) -> list[BookLevel]:
+            return [BookLevel(dec(lv["price"]), dec(lv["size"]), dec_map(lv.get("sizes") or {}))
+                    for lv in levels or []]
+        return cls(msg.get("topic", ""), d["symbol"], d["exchange"], int(d.get("depth") or 0), side(d.get("bids")),
+                   side(d.get("asks")), list(d.get("live") or []), bool(d.get("crossed")),
+                   int(d.get("ts_event_us") or 0), int(d.get("ts_recv_us") or 0), bool(msg.get("snapshot")), msg)
+
+
+StreamMessage = BestTouch | Trade | Kline | Ewma | Book | OrderEvent | Resync | Message
 
 _PARSERS: dict[str, Callable[[Json], StreamMessage]] = {"best_touch": BestTouch.from_push, "trades": Trade.from_push, "klines": Kline.from_push,
-                            "ewma": Ewma.from_push, "order": OrderEvent.from_push, "orders": OrderEvent.from_push,
+                            "ewma": Ewma.from_push, "book": Book.from_push, "order": OrderEvent.from_push, "orders": OrderEvent.from_push,
                             "resync": Resync.from_push}
 
 

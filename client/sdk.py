@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from client.models import (
     Balance,
     BestTouch,
+    Book,
     Ewma,
     Fill,
     Info,
@@ -346,12 +347,15 @@ class Stream:
     # -- subscriptions -----------------------------------------------------------------------------
 
     def subscribe(self, stream: str, symbol: str | None = None, *, exchange: str = "all",
-                  interval: str | None = None, half_life: Number | None = None) -> Subscription[Any]:
+                  interval: str | None = None, half_life: Number | None = None,
+                  depth: int | None = None) -> Subscription[Any]:
         msg: Json = {"action": "subscribe", "stream": stream}
         if stream != "orders":
             msg.update(symbol=symbol, exchange=exchange)
         if interval is not None:
             msg["interval"] = interval
+        if depth is not None:
+            msg["depth"] = depth
         if half_life is not None:
             msg["half_life"] = _json_number(half_life)
         return Subscription(self, msg, self.max_pending)
@@ -367,6 +371,11 @@ class Stream:
 
     def ewma(self, symbol: str, half_life: Number, exchange: str = "all") -> Subscription[Ewma]:
         return self.subscribe("ewma", symbol, exchange=exchange, half_life=half_life)
+
+    def book(self, symbol: str, exchange: str = "all", depth: int = 10) -> Subscription[Book]:
+        """The top ``depth`` levels (1-20) of both exchanges merged by price, each with its size per exchange
+        (``exchange`` ``binance`` / ``okx``: that one's book); a snapshot first, then every change."""
+        return self.subscribe("book", symbol, exchange=exchange, depth=depth)
 
     def orders(self) -> Subscription[OrderEvent | Resync]:
         """The user's order events (accepted, modified, cancelled, filled, expired, rejected), and a ``Resync``

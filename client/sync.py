@@ -16,7 +16,20 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
-from client.models import Balance, BestTouch, Ewma, Info, Kline, Order, OrderEvent, Page, Resync, Trade, User
+from client.models import (
+    Balance,
+    BestTouch,
+    Book,
+    Ewma,
+    Info,
+    Kline,
+    Order,
+    OrderEvent,
+    Page,
+    Resync,
+    Trade,
+    User,
+)
 from client.sdk import Number, SimpleRouterClient, Stream, Subscription
 
 T = TypeVar("T")
@@ -154,10 +167,10 @@ class SyncStream:
         self.aio = stream
 
     def subscribe(self, stream: str, symbol: str | None = None, *, exchange: str = "all",
-                  interval: str | None = None, half_life: Number | None = None,
+                  interval: str | None = None, half_life: Number | None = None, depth: int | None = None,
                   count: int | None = None) -> SyncSubscription[Any]:
         return SyncSubscription(self._loop, self.aio.subscribe(stream, symbol, exchange=exchange, interval=interval,
-                                                               half_life=half_life), count)
+                                                               half_life=half_life, depth=depth), count)
 
     def best_touch(self, symbol: str, exchange: str = "all", *, count: int | None = None) -> SyncSubscription[BestTouch]:
         return SyncSubscription(self._loop, self.aio.best_touch(symbol, exchange), count)
@@ -172,6 +185,10 @@ class SyncStream:
     def ewma(self, symbol: str, half_life: Number, exchange: str = "all", *,
              count: int | None = None) -> SyncSubscription[Ewma]:
         return SyncSubscription(self._loop, self.aio.ewma(symbol, half_life, exchange), count)
+
+    def book(self, symbol: str, exchange: str = "all", depth: int = 10, *,
+             count: int | None = None) -> SyncSubscription[Book]:
+        return SyncSubscription(self._loop, self.aio.book(symbol, exchange, depth), count)
 
     def orders(self, *, count: int | None = None) -> SyncSubscription[OrderEvent | Resync]:
         return SyncSubscription(self._loop, self.aio.orders(), count)

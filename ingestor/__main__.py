@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ingestor.metrics import ingestor_registry
 from ingestor.planning import Shard, parse_shard, select_pairs, status_suffix
 from ingestor.service import Ingestor
+from recorder.writer import make_recorder
 from shared.logs import setup_logging
 from shared.prom import serve
 from shared.redis_conn import WrongMode, check_mode, connect_any
@@ -29,7 +30,10 @@ async def main(exchange: str, shard: Shard | None = None, only: Sequence[str] = 
     suffix = status_suffix(shard, only)
     redis = connect_any(settings.redis.url or "redis://127.0.0.1:6379/0", settings.redis.cluster)
     await check_mode(redis)
-    ingestor = Ingestor(settings, exchange, redis, pairs=pairs, status_suffix=suffix)
+    recorder = make_recorder(settings, exchange, suffix)
+    ingestor = Ingestor(settings, exchange, redis, pairs=pairs, status_suffix=suffix, recorder=recorder)
+    if recorder.enabled:
+        log.info("%s: recording raw frames under %s", exchange, settings.recording.path)
     log.info("%s: %d pairs%s on %d connection(s)", exchange, len(pairs), f" (shard {suffix})" if suffix else "",
              len(ingestor.links), extra={"fields": {"event": "ingestor_plan", "exchange": exchange, "shard": suffix,
                                                     "pairs": len(pairs), "connections": len(ingestor.links)}})

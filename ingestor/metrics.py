@@ -66,6 +66,14 @@ class IngestorCollector:
         for st in ("connecting", "connected", "disconnected", "stopped"):
             conns.add_metric([ex, st], float(sum(1 for lk in ing.links if lk.state == st)))
         yield conns
+        rec = ing.recorder
+        if rec.enabled:
+            yield counter("sr_ingestor_recorded_frames", "Raw frames written to the recording", rec.recorded)
+            yield counter("sr_ingestor_recording_dropped", "Raw frames the recording lost (writer behind, or a "
+                          "failed write); live frames are never affected", rec.dropped)
+            yield counter("sr_ingestor_recording_errors", "Recording write, flush or open failures", rec.errors)
+            yield counter("sr_ingestor_recorded_bytes", "Bytes of recording lines written (before compression)",
+                          rec.bytes_written)
         if s.last_md_us:
             age = GaugeMetricFamily("sr_ingestor_data_age_seconds", "Seconds since the last market data message",
                                     labels=["exchange"])

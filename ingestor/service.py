@@ -25,6 +25,7 @@ from ingestor.parsing import Control, FrameError, ParseResult
 from ingestor.planning import ConnectionPlan, feed_status_key
 from ingestor.publisher import Publisher, status_hash_fields
 from ingestor.stats import FeedStats, RateLimitedLog, feed_state
+from recorder.writer import NullRecorder, Recorder
 from shared.feed_health import HEARTBEAT_S
 from shared.redis_conn import Client
 from shared.schema import FeedState, FeedStatus
@@ -94,10 +95,12 @@ class Link:
 class Ingestor:
     def __init__(self, settings: Settings, exchange: str, redis: Client, *,
                  endpoint: Endpoint | None = None, pairs: Sequence[Pair] | None = None,
-                 status_suffix: str = "") -> None:
+                 status_suffix: str = "", recorder: Recorder | NullRecorder | None = None) -> None:
         """``endpoint`` replaces the exchange's own planned connections with this one (tests); ``pairs`` (default:
-        every configured pair) are the pairs this process serves; ``status_suffix`` names its shard."""
+        every configured pair) are the pairs this process serves; ``status_suffix`` names its shard; ``recorder``
+        keeps every raw frame received (``recording.enabled``)."""
         self.settings = settings
+        self.recorder = recorder or NullRecorder()
         self.exchange = exchange
         self.pairs = tuple(settings.pairs if pairs is None else pairs)
         self.status_suffix = status_suffix
@@ -157,6 +160,7 @@ class Ingestor:
 
     # -- hot path --------------------------------------------------------------------------------
     def on_frame(self, frame: str | bytes, ts_recv_us: int) -> str | None:
+        self.recorder.record(frame, ts_recv_us)
         stats = self.stats
         stats.frames += 1
         stats.last_frame_us = ts_recv_us
@@ -280,6 +284,7 @@ class Ingestor:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
+        self.recorder.start()
         self.publish_status(now_us())
         self._tasks = [asyncio.create_task(self.publisher.run()), asyncio.create_task(self._ticker())]
         try:
@@ -300,6 +305,7 @@ class Ingestor:
         self.publish_status(now_us())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publisher.flush(), 3.0)
+        await asyncio.to_thread(self.recorder.stop)
 
     def stop(self) -> None:
         for sup in self.supervisors:

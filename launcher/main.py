@@ -26,10 +26,12 @@ from pathlib import Path
 
 from launcher import cluster as cluster_dir
 from launcher import lock
+from recorder.format import FormatError, parse_time
 from shared.embedded_cluster import ClusterError, EmbeddedCluster, EmbeddedNode
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.lifeline import die_with_parent
 from shared.settings import ROOT, Settings, SettingsError, load_settings
+from simulator.replay import source_files
 
 DATA = Path(os.environ.get("SR_DATA_DIR") or ROOT / "data")
 RESTART_LIMIT = 5  # restarts per process within RESTART_WINDOW_S before the launcher gives up
@@ -221,19 +223,45 @@ class Launcher:
         return 1 if self.failed else 0
 
 
+@dataclass(frozen=True)
+class Replay:
+    """``FEED=replay``: what to replay (``python -m recorder ls``) and how fast."""
+    paths: tuple[str, ...]
+    from_: str = ""
+    to: str = ""
+    speed: float = 1.0
+
+    def simulator_args(self) -> list[str]:
+        args = ["--replay", *self.paths, "--speed", repr(self.speed), "--wait-all"]
+        if self.from_:
+            args += ["--from", self.from_]
+        if self.to:
+            args += ["--to", self.to]
+        return args
+
+
+def replay_env(env: dict[str, str]) -> None:
+    """A replay runs in its own space (``replay:`` keys: its own paper accounts), its candles close on the recorded
+    trade times, and it is not recorded again."""
+    env["SR_SPACE"] = "replay"
+    env["SR_WS__KLINE_CLOCK"] = "trades"
+    env["SR_RECORDING__ENABLED"] = "false"
+
+
 def build(feed: str, env: dict[str, str], *, gateway_ports: list[int] | None = None, matchers: int = 1,
-          matcher_metrics_port: int = 0) -> list[Proc]:
-    """The processes: the simulator (feed ``sim``), both ingestors, the matcher(s), the gateway(s). One gateway on
-    the configured port unless ``gateway_ports`` names several; several matchers are ``matcher-1`` .. with metrics
-    on ``matcher_metrics_port`` + 0, 1, .. (0: none)."""
+          matcher_metrics_port: int = 0, replay: Replay | None = None) -> list[Proc]:
+    """The processes: the simulator (feed ``sim`` or ``replay``), both ingestors, the matcher(s), the gateway(s).
+    One gateway on the configured port unless ``gateway_ports`` names several; several matchers are ``matcher-1``
+    .. with metrics on ``matcher_metrics_port`` + 0, 1, .. (0: none)."""
     py = sys.executable
     procs: list[tuple[str, list[str], dict[str, str]]] = []
-    if feed == "sim":
+    if feed in ("sim", "replay"):
         bport, oport = free_port(), free_port()
         env["BINANCE_WS_URL"] = f"ws://127.0.0.1:{bport}"
         env["OKX_WS_URL"] = f"ws://127.0.0.1:{oport}/ws/v5/public"
-        procs.append(("simulator", [py, "-m", "simulator", "--binance-port", str(bport), "--okx-port", str(oport)],
-                      {}))
+        extra = replay.simulator_args() if feed == "replay" and replay is not None else []
+        procs.append(("simulator", [py, "-m", "simulator", "--binance-port", str(bport), "--okx-port", str(oport),
+                                    *extra], {}))
     procs += [
         ("ingestor-binance", [py, "-m", "ingestor", "binance"], {}),
         ("ingestor-okx", [py, "-m", "ingestor", "okx"], {}),
@@ -256,7 +284,14 @@ def build(feed: str, env: dict[str, str], *, gateway_ports: list[int] | None = N
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m launcher", description="Start Simple Router (every process).")
-    ap.add_argument("--feed", choices=["live", "sim"], default=os.environ.get("FEED", "live") or "live")
+    ap.add_argument("--feed", choices=["live", "sim", "replay"], default=os.environ.get("FEED", "live") or "live")
+    ap.add_argument("--replay", nargs="+", default=None, metavar="PATH",
+                    help="feed replay: recordings or captures (files or folders); default: recording.dir")
+    ap.add_argument("--from", dest="from_", default=os.environ.get("FROM", ""), metavar="T",
+                    help="feed replay: from this time (2026-11-30T10:00, UTC)")
+    ap.add_argument("--to", default=os.environ.get("TO", ""), metavar="T", help="feed replay: up to this time")
+    ap.add_argument("--speed", type=float, default=os.environ.get("SPEED") or "1",
+                    help="feed replay: 1 (recorded pace) to 50 times faster")
     ap.add_argument("--cluster", action="store_true",
                     help="run on a Redis Cluster (as REDIS_CLUSTER=1): an embedded one of 3 masters in <data>/cluster "
                          "unless REDIS_URL names one; two gateways (PORT, PORT+1), two matchers")
@@ -265,9 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cluster_replicas not in (0, 1, 2):
         ap.error(f"--cluster-replicas (CLUSTER_REPLICAS): 0, 1 or 2, not {args.cluster_replicas}")
+    replay: Replay | None = None
+    if args.feed == "replay":
+        try:
+            replay = check_replay(args.replay, args.from_, args.to, args.speed)
+        except ValueError as e:
+            ap.error(str(e))
     try:
         with lock.hold(DATA):  # held for the launcher's whole life: nothing starts without it
-            return run(args.feed, cluster=args.cluster, replicas=args.cluster_replicas)
+            return run(args.feed, cluster=args.cluster, replicas=args.cluster_replicas, replay=replay)
     except lock.AlreadyRunning as e:
         print(f"launcher: {e}", file=sys.stderr, flush=True)
         return 3
@@ -276,9 +317,36 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run(feed: str, *, cluster: bool = False, replicas: int = 0) -> int:
+def check_replay(paths: list[str] | None, from_: str, to: str, speed: float) -> Replay:
+    """The replay asked for, refused with the reason before anything starts."""
+    if not 1 <= speed <= 50:
+        raise ValueError(f"SPEED (--speed) must be between 1 and 50, not {speed:g}")
+    try:
+        from_us = parse_time(from_) if from_ else 0
+        to_us = parse_time(to) if to else 0
+    except FormatError as e:
+        raise ValueError(f"FROM/TO: {e}") from None
+    if from_us and to_us and to_us <= from_us:
+        raise ValueError("TO must be after FROM")
+    if paths is None:
+        try:
+            paths = [str(load_settings().recording.path)]
+        except SettingsError as e:
+            raise ValueError(str(e)) from None
+    try:
+        files = source_files(paths, from_us, to_us)
+    except FileNotFoundError as e:
+        raise ValueError(f"{e} (see python -m recorder ls)") from None
+    if not files:
+        raise ValueError(f"nothing recorded in {', '.join(paths)} for that period (see python -m recorder ls)")
+    return Replay(tuple(paths), from_, to, speed)
+
+
+def run(feed: str, *, cluster: bool = False, replicas: int = 0, replay: Replay | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    if feed == "replay":
+        replay_env(env)
     if cluster:
         env["REDIS_CLUSTER"] = "1"
         env.pop("SR_REDIS__CLUSTER", None)  # it would win over REDIS_CLUSTER
@@ -288,7 +356,7 @@ def run(feed: str, *, cluster: bool = False, replicas: int = 0) -> int:
         say(str(e))
         return 2
     if settings.redis.cluster:
-        return run_cluster(feed, env, settings, replicas)
+        return run_cluster(feed, env, settings, replicas, replay)
     redis_srv: EmbeddedRedis | None = None
     if not settings.redis.url:
         redis_srv = EmbeddedRedis(DATA / "redis", port=settings.redis.port, appendfsync=settings.redis.appendfsync)
@@ -300,7 +368,10 @@ def run(feed: str, *, cluster: bool = False, replicas: int = 0) -> int:
         say(f"using Redis at {settings.redis.url}")
     if not settings.auth.jwt_secret:
         env["JWT_SECRET"] = jwt_secret()
-    procs = build(feed, env)
+    procs = build(feed, env, replay=replay)
+    if replay is not None:
+        say(f"replay of {', '.join(replay.paths)} from {replay.from_ or 'the start'} to {replay.to or 'the end'} "
+            f"at x{replay.speed:g}, in the space 'replay' (its own paper accounts)")
     say(f"feed={feed}; REST and WebSocket on http://{settings.gateway.host}:{settings.gateway.port} "
         f"(docs at /docs)")
     try:
@@ -323,7 +394,8 @@ def _cli_hint(port: int) -> str:
     return f"{py} -m launcher.cli -c -p {port}"
 
 
-def run_cluster(feed: str, env: dict[str, str], settings: Settings, replicas: int) -> int:
+def run_cluster(feed: str, env: dict[str, str], settings: Settings, replicas: int,
+                replay: Replay | None = None) -> int:
     """The system on a Redis Cluster: the embedded one (unless ``REDIS_URL`` is set), two gateways, two matchers."""
     host, port = settings.gateway.host, settings.gateway.port
     if port + 1 > 65535:
@@ -362,7 +434,8 @@ def run_cluster(feed: str, env: dict[str, str], settings: Settings, replicas: in
     if not settings.auth.jwt_secret:
         env["JWT_SECRET"] = jwt_secret()
     ports = [port, port + 1]
-    procs = build(feed, env, gateway_ports=ports, matchers=2, matcher_metrics_port=settings.metrics.matcher_port)
+    procs = build(feed, env, gateway_ports=ports, matchers=2, matcher_metrics_port=settings.metrics.matcher_port,
+                  replay=replay)
     say(f"feed={feed}; REST and WebSocket on " + " and ".join(f"http://{host}:{p}" for p in ports)
         + " (two gateways, one system; docs at /docs)")
     say(f"matcher-1 and matcher-2 share {shards} matcher shards (a lease each; either takes over the other's)")

@@ -535,6 +535,6 @@ async def orders_by_keys(r: Client, keys: Sequence[tuple[str, str]]) -> list[Ord
 async def scan_open_orders(r: Client) -> list[Order]:
     """Every open order of every user (the matcher's recovery)."""
     out: list[Order] = []
-    async for key in r.scan_iter(match=names.OPEN_SCAN_PATTERN, count=500):
+    async for key in r.scan_iter(match=names.open_scan_pattern(), count=500):
         out.extend(await open_orders(r, names.user_from_open_key(_s(key))))
     return out

@@ -46,6 +46,11 @@ Operations::
     gateway:jwt_secret                string: the JWT secret the gateways made up when none is configured (SET NX)
 
 ``{u:<user_id>}`` is a Redis Cluster hash tag: every per-user key carries it so one user's keys share a slot.
+
+Spaces: a process whose settings name a ``space`` (``FEED=replay`` runs everything in ``replay``) prefixes every
+market-data, ledger, order-event and matcher-shard name with ``<space>:`` (``replay:md:bbo:okx:BTCUSDT``,
+``replay:{u:42}:bal``), so a replay never reads or writes the live paper accounts. Users, logins, the JWT secret
+and ``matcher:alive`` are shared: the same login trades in either space.
 """
 
 from __future__ import annotations
@@ -58,35 +63,51 @@ import zlib
 from redis.crc import key_slot
 
 PREFIX_MD = "md"
+_space = ""  # "" or "<space>:"; set once at start (``set_space``, from the settings)
+_md = PREFIX_MD
+
+
+def set_space(space: str) -> None:
+    """Put every name below in ``space`` ("" for the live one). Called once per process by ``get_settings``."""
+    global _space, _md
+    if space and not (space.isascii() and space.replace("_", "").isalnum() and space[0].isalpha()):
+        raise ValueError(f"bad space name {space!r}")
+    _space = f"{space}:" if space else ""
+    _md = _space + PREFIX_MD
+
+
+def space() -> str:
+    return _space[:-1]
 
 
 def md_channel(kind: str, exchange: str, symbol: str) -> str:
-    return f"{PREFIX_MD}:{kind}:{exchange}:{symbol}"
+    return f"{_md}:{kind}:{exchange}:{symbol}"
 
 
 def md_last_key(kind: str, exchange: str, symbol: str) -> str:
-    return f"{PREFIX_MD}:last:{kind}:{exchange}:{symbol}"
+    return f"{_md}:last:{kind}:{exchange}:{symbol}"
 
 
 def status_channel(exchange: str) -> str:
-    return f"{PREFIX_MD}:status:{exchange}"
+    return f"{_md}:status:{exchange}"
 
 
 def status_key(exchange: str) -> str:
-    return f"{PREFIX_MD}:feed:{exchange}"
+    return f"{_md}:feed:{exchange}"
 
 
 def md_pattern(kind: str = "*", exchange: str = "*", symbol: str = "*") -> str:
-    return f"{PREFIX_MD}:{kind}:{exchange}:{symbol}"
+    return f"{_md}:{kind}:{exchange}:{symbol}"
 
 
 def user_events_channel(user_id: str) -> str:
-    return f"orders:events:{user_tag(user_id)}"
+    return f"{_space}orders:events:{user_tag(user_id)}"
 
 
 # --- trading -------------------------------------------------------------------------------------
 
-OPEN_SCAN_PATTERN = "{u:*}:open"
+def open_scan_pattern() -> str:
+    return _space + "{u:*}:open"
 
 
 def user_tag(user_id: str) -> str:
@@ -96,30 +117,31 @@ def user_tag(user_id: str) -> str:
 
 
 def balance_key(user_id: str) -> str:
-    return f"{user_tag(user_id)}:bal"
+    return f"{_space}{user_tag(user_id)}:bal"
 
 
 def order_key(user_id: str, token_id: str) -> str:
-    return f"{user_tag(user_id)}:o:{token_id}"
+    return f"{_space}{user_tag(user_id)}:o:{token_id}"
 
 
 def orders_index_key(user_id: str) -> str:
-    return f"{user_tag(user_id)}:orders"
+    return f"{_space}{user_tag(user_id)}:orders"
 
 
 def open_orders_key(user_id: str) -> str:
-    return f"{user_tag(user_id)}:open"
+    return f"{_space}{user_tag(user_id)}:open"
 
 
 def fills_key(user_id: str) -> str:
-    return f"{user_tag(user_id)}:fills"
+    return f"{_space}{user_tag(user_id)}:fills"
 
 
 def user_from_open_key(key: str) -> str:
-    """``{u:42}:open`` -> ``42``."""
-    if not (key.startswith("{u:") and key.endswith("}:open")):
+    """``{u:42}:open`` (in this space) -> ``42``."""
+    head = _space + "{u:"
+    if not (key.startswith(head) and key.endswith("}:open")):
         raise ValueError(f"not an open-orders key: {key!r}")
-    return key[3:-6]
+    return key[len(head):-6]
 
 
 # --- partitions (Redis Cluster) ------------------------------------------------------------------------------
@@ -168,17 +190,17 @@ class Keyspace:
     def md_channel(self, kind: str, exchange: str, symbol: str) -> str:
         if not self.cluster:
             return md_channel(kind, exchange, symbol)
-        return f"{PREFIX_MD}:{self.tag(symbol)}:{kind}:{exchange}:{symbol}"
+        return f"{_md}:{self.tag(symbol)}:{kind}:{exchange}:{symbol}"
 
     def md_last_key(self, kind: str, exchange: str, symbol: str) -> str:
         if not self.cluster:
             return md_last_key(kind, exchange, symbol)
-        return f"{PREFIX_MD}:{self.tag(symbol)}:last:{kind}:{exchange}:{symbol}"
+        return f"{_md}:{self.tag(symbol)}:last:{kind}:{exchange}:{symbol}"
 
     def status_channel(self, exchange: str) -> str:
         if not self.cluster:
             return status_channel(exchange)
-        return f"{PREFIX_MD}:{self.tag(exchange)}:status:{exchange}"
+        return f"{_md}:{self.tag(exchange)}:status:{exchange}"
 
     def slot_key(self, channel: str) -> str:
         """A key in ``channel``'s slot (a script that SPUBLISHes there is routed by it)."""
@@ -208,21 +230,21 @@ def shard_tag(shard: int) -> str:
 
 def intake_stream(shard: int) -> str:
     """Every order change of the shard's pairs (field ``o``: the order's JSON), read by its matcher."""
-    return f"matcher:{shard_tag(shard)}:intake"
+    return f"{_space}matcher:{shard_tag(shard)}:intake"
 
 
 def shard_open_key(shard: int) -> str:
     """The shard's open orders (members ``<user_id> <token_id>``), kept by its matcher: its start-up reads this."""
-    return f"matcher:{shard_tag(shard)}:open"
+    return f"{_space}matcher:{shard_tag(shard)}:open"
 
 
 def shard_indexed_key(shard: int, shards: int) -> str:
     """Set once the shard's open set was built by a full scan (for this number of shards)."""
-    return f"matcher:{shard_tag(shard)}:indexed:{shards}"
+    return f"{_space}matcher:{shard_tag(shard)}:indexed:{shards}"
 
 
 def lease_key(shard: int) -> str:
-    return f"matcher:{shard_tag(shard)}:lease"
+    return f"{_space}matcher:{shard_tag(shard)}:lease"
 
 
 # --- users -------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "BINANCE_WS_URL": ("binance", "ws_url"),
     "OKX_WS_URL": ("okx", "ws_url"),
     "LOG_LEVEL": ("log", "level"),
+    "SR_SPACE": ("space",),
 }
 
 EXCHANGES: tuple[str, ...] = ("binance", "okx")
@@ -201,6 +202,9 @@ class WsSettings(_Strict):
     rate_per_s: float = Field(default=100.0, gt=0)  # client messages per second (burst: 2 s worth)
     kline_history: int = Field(default=300, ge=1, le=100_000)
     kline_grace_s: float = Field(default=0.25, ge=0, lt=1)
+    # "wall": a candle also closes when its time is over by this machine's clock; "trades": only when a trade of a
+    # later candle comes (a replay, whose exchange times are in the past: FEED=replay sets it)
+    kline_clock: Literal["wall", "trades"] = "wall"
 
 
 class MetricsSettings(_Strict):
@@ -228,7 +232,29 @@ class MatcherSettings(_Strict):
     lease_ms: int = Field(default=3000, ge=500, le=60_000)
 
 
+def data_dir() -> Path:
+    """The data directory: ``SR_DATA_DIR``, else ``./data`` of the checkout (the launcher's too)."""
+    return Path(os.environ.get("SR_DATA_DIR") or ROOT / "data")
+
+
+class RecordingSettings(_Strict):
+    """The ingestors' recording of raw frames (docs/recording.md)."""
+
+    enabled: bool = False
+    dir: str = ""  # empty: <data>/recordings
+    retention_days: float = Field(default=7.0, ge=0)  # files older than this are removed; 0: no limit
+    retention_gb: float = Field(default=0.0, ge=0)  # the oldest files are removed beyond this total; 0: no limit
+    queue_max: int = Field(default=100_000, ge=1, le=10_000_000)  # frames waiting for the writer, then dropped
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir) if self.dir else data_dir() / "recordings"
+
+
 class Settings(_Strict):
+    # Every Redis key and channel of market data, orders, balances and the matcher gets this prefix
+    # (``shared.names``): ``FEED=replay`` runs the system in the space ``replay``, apart from the live accounts.
+    space: str = Field(default="", pattern=r"^([a-z][a-z0-9_]{0,15})?$")
     redis: RedisSettings = RedisSettings()
     matcher: MatcherSettings = MatcherSettings()
     gateway: GatewaySettings = GatewaySettings()
@@ -240,6 +266,7 @@ class Settings(_Strict):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     ingestor: IngestorSettings = IngestorSettings()
+    recording: RecordingSettings = RecordingSettings()
     pairs: tuple[Pair, ...] = Field(min_length=1)
 
     @field_validator("binance", "okx")
@@ -347,4 +374,5 @@ def get_settings() -> Settings:
         except SettingsError as e:
             print(f"simple-router: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        names.set_space(_settings.space)
     return _settings

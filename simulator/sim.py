@@ -17,11 +17,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from recorder import format as rec_fmt
+from recorder import store as rec_store
 from shared.settings import Settings, load_settings
 from simulator.binance import BinanceServer
 from simulator.market import EXCHANGES, MarketModel, pair_specs
 from simulator.okx import OkxServer
-from simulator.replay import replay_file, scan_keys
+from simulator.replay import replay_timeline, scan_keys, source_files, timeline
 
 log = logging.getLogger("simulator")
 
@@ -45,11 +47,22 @@ class Simulator:
         replay_wait: bool = True,
         replay_autostart: bool = True,
         okx_connect_limit: int = 0,
+        replay_from_us: int = 0,
+        replay_to_us: int = 0,
+        max_gap_s: float = 5.0,
+        replay_wait_all: bool = False,
     ) -> None:
+        """``replay``: files or folders (recordings and captures), replayed as one timeline within
+        ``[replay_from_us, replay_to_us)``, silences over ``max_gap_s`` skipped; ``replay_wait_all``: start once
+        every configured pair's stream is subscribed (the ingestors are all there), not at the first."""
         self.settings = settings or load_settings()
         self.seed = seed
         self.rate = rate
-        self.replay_paths = [Path(p) for p in replay]
+        self.replay_from_us = replay_from_us
+        self.replay_to_us = replay_to_us
+        self.max_gap_s = max_gap_s
+        self.replay_wait_all = replay_wait_all
+        self.replay_paths = source_files(replay, replay_from_us, replay_to_us) if replay else []
         self.speed = speed
         self.replay_wait = replay_wait
         self.replay_autostart = replay_autostart
@@ -62,6 +75,7 @@ class Simulator:
         self.okx = OkxServer({p.symbol: p.okx for p in pairs}, host, okx_port, idle_timeout=okx_idle_timeout,
                              model=self.model, seed=seed, connect_limit=okx_connect_limit)
         self.replay_done = asyncio.Event()
+        self._recorded_venue_symbols: set[str] = set()
         self.replayed_frames = 0
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -85,7 +99,13 @@ class Simulator:
 
     async def start(self) -> Simulator:
         if self.replay_paths:
-            streams, args = await asyncio.to_thread(scan_keys, list(self.replay_paths))
+            # Our recordings hold only the configured pairs' streams, which the servers know already.
+            captures: list[str | Path] = [p for p in self.replay_paths if rec_fmt.parse_file_name(p.name) is None]
+            streams, args = await asyncio.to_thread(scan_keys, captures)
+            recorded = await asyncio.to_thread(
+                lambda: {v for p in self.replay_paths if p not in captures for v in rec_store.index_of(p).pairs})
+            self._recorded_venue_symbols = recorded | {s.split("@")[0].upper() for s in streams} | {
+                inst for _, inst in args}
             self.binance.extra_streams |= streams
             self.okx.extra_args |= args
         await self.binance.start()
@@ -150,6 +170,24 @@ class Simulator:
         self.replay_done.clear()
         self._tasks.append(asyncio.create_task(self._replay(), name="sim-replay"))
 
+    async def _wait_all_subscribed(self, within: float = 60.0) -> None:
+        """Until the ingestors subscribed every configured pair the files hold, on each exchange."""
+        venues = self._recorded_venue_symbols
+        b_keys = {f"{p.binance.lower()}@{kind}" for p in self.settings.pairs if p.binance in venues
+                  for kind in ("bookTicker", "trade", f"depth{self.settings.binance.depth_levels}@100ms")}
+        o_keys = {(ch, p.okx) for p in self.settings.pairs if p.okx in venues
+                  for ch in ("bbo-tbt", "trades", "books5")}
+
+        def ready() -> bool:
+            return all(self.binance.index.get(k) for k in b_keys) and all(self.okx.index.get(k) for k in o_keys)
+        deadline = time.monotonic() + within
+        while not ready():
+            if time.monotonic() > deadline:
+                log.warning("replay: not every pair subscribed after %.0fs; starting anyway", within)
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # the last subscription's ack on its way
+
     async def _replay(self) -> None:
         try:
             # Frames sent before anyone listens would be lost: start with the first subscription.
@@ -160,10 +198,11 @@ class Simulator:
                 finally:
                     for w in waits:
                         w.cancel()
-            log.info("replay starting (speed %s)", self.speed)
-            counts = await asyncio.gather(*(replay_file(p, self.binance, self.okx, self.speed)
-                                            for p in self.replay_paths))
-            self.replayed_frames = sum(counts)
+            if self.replay_wait_all:
+                await self._wait_all_subscribed()
+            log.info("replay starting (speed %s, %d file(s))", self.speed, len(self.replay_paths))
+            frames = timeline(self.replay_paths, self.replay_from_us, self.replay_to_us)
+            self.replayed_frames = await replay_timeline(frames, self.binance, self.okx, self.speed, self.max_gap_s)
             log.info("replay finished: %d frames", self.replayed_frames)
         finally:
             self.replay_done.set()

@@ -1,5 +1,5 @@
 """A whole system for client tests: the real gateway, an in-process matcher, and a market data feed published
-as the ingestors do (both exchanges live, BTCUSDT and ETHUSDT quotes and trades several times a second)."""
+as the ingestors do (both exchanges live, BTCUSDT and ETHUSDT quotes, books and trades several times a second)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ async def _publish(feed: MdFeed, every_s: float, stop: asyncio.Event) -> None:
                 bid, ask = mid + drift - off, mid + drift + Decimal("0.01") + off
                 await feed.bbo(ex, sym, str(bid), "2", str(ask), "2")
                 await feed.trade(ex, sym, str(ask if i % 2 else bid), "0.01", "buy" if i % 2 else "sell")
+                tick = Decimal("0.01")
+                await feed.book(ex, sym, [(str(bid - k * tick), str(k + 1)) for k in range(5)],
+                                [(str(ask + k * tick), str(k + 1)) for k in range(5)])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every_s)
 

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from shared import names
 from shared.feed_health import HEARTBEAT_S
 from shared.redis_conn import Client
-from shared.schema import BBO, FeedState, FeedStatus, Side, Trade, encode
+from shared.schema import BBO, Book, FeedState, FeedStatus, Side, Trade, encode
 from shared.timeutil import now_us
 
 
@@ -52,6 +52,17 @@ class MdFeed:
         if store_last:
             await self.redis.set(self.ks.md_last_key("bbo", exchange, symbol), raw)
         await md_publish(self.redis, self.ks.md_channel("bbo", exchange, symbol), raw)
+        return msg
+
+    async def book(self, exchange: str, symbol: str, bids: list[tuple[str, str]], asks: list[tuple[str, str]], *,
+                   store_last: bool = True) -> Book:
+        now = now_us()
+        msg = Book(exchange, symbol, tuple((Decimal(p), Decimal(q)) for p, q in bids),
+                   tuple((Decimal(p), Decimal(q)) for p, q in asks), next(self._seq), now, now)
+        raw = encode(msg)
+        if store_last:
+            await self.redis.set(self.ks.md_last_key("book", exchange, symbol), raw)
+        await md_publish(self.redis, self.ks.md_channel("book", exchange, symbol), raw)
         return msg
 
     async def trade(self, exchange: str, symbol: str, price: str, size: str, side: Side = "buy", *,

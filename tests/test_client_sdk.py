@@ -12,6 +12,7 @@ import pytest
 from client import (
     ApiError,
     BestTouch,
+    Book,
     Ewma,
     Kline,
     OrderEvent,
@@ -135,6 +136,7 @@ async def test_stream_several_subscriptions_routed_by_topic(base: str) -> None:
                 "tr": await ws.trades("ETHUSDT", "binance"),
                 "k1s": await ws.klines("BTCUSDT", "1s", "all"),
                 "ewma": await ws.ewma("BTCUSDT", Decimal("0.5"), "okx"),
+                "book": await ws.book("BTCUSDT", "all", 5),
             }
             assert subs["ewma"].topic == "ewma:BTCUSDT:okx:0.5"
             assert sorted(await ws.list()) == sorted(s.topic for s in subs.values())
@@ -147,6 +149,10 @@ async def test_stream_several_subscriptions_routed_by_topic(base: str) -> None:
             assert isinstance(got["tr"], Trade) and got["tr"].symbol == "ETHUSDT" and got["tr"].exchange == "binance"
             assert isinstance(got["k1s"], Kline) and got["k1s"].interval == "1s"
             assert isinstance(got["ewma"], Ewma) and got["ewma"].half_life == Decimal("0.5")
+            assert isinstance(got["book"], Book) and got["book"].topic == "book:BTCUSDT:all:5" and got["book"].snapshot
+            merged = await _first(subs["book"], lambda m: set(m.live) == {"binance", "okx"} and len(m.bids) == 5)
+            assert all(isinstance(lv.price, Decimal) and lv.size == sum(lv.sizes.values()) for lv in merged.bids)
+            assert [lv.price for lv in merged.bids] == sorted((lv.price for lv in merged.bids), reverse=True)
             assert all(m.topic == subs[k].topic for k, m in got.items())
 
             await subs["tr"].unsubscribe()

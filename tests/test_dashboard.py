@@ -153,6 +153,12 @@ def test_trader_session_in_chromium(stack: Launched) -> None:
         wait_js(page, "() => document.querySelectorAll('#touch .badge.live').length === 3")
         row_changes(page, "#touch-all")
         assert page.locator("#touch td.bid.best").count() >= 1 and page.locator("#touch td.ask.best").count() >= 1
+        # The depth ladder beside it: both exchanges merged by price, asks above bids, sizes per exchange.
+        wait_js(page, "() => Number(document.querySelector('#ladder').dataset.levels) >= 10")
+        wait_js(page, "() => [...document.querySelectorAll('#ladder td.binance')].some(td => td.innerText.trim())"
+                      " && [...document.querySelectorAll('#ladder td.okx')].some(td => td.innerText.trim())")
+        prices = [float(t) for t in page.locator("#ladder td.price").all_inner_texts()]
+        assert prices == sorted(prices, reverse=True)
 
         # Candles every second with the EWMA; the tape fills.
         page.click("#intervals button[data-interval='1s']")

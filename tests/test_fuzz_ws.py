@@ -24,13 +24,13 @@ REPLIES = {"ack", "error", "auth", "pong"}
 CLEAN_CLOSES = {1008, 1009}
 ACTIONS = ["auth", "ping", "subscribe", "unsubscribe", "list", "place_order", "cancel_order", "get_order",
            "modify_order", "balance"]
-STREAMS = ["best_touch", "trades", "klines", "ewma", "orders"]
+STREAMS = ["best_touch", "trades", "klines", "ewma", "book", "orders"]
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=30)
            | st.sampled_from(["BTCUSDT", "ETHUSDT", "all", "binance", "okx", "1m", "1s", "buy", "sell", "limit",
                               "market", "NaN", "-1", "0", "1e999", "0.001", "o1", "ᴮᵀᶜ", "\u0000"]))
 values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids,
                                                                                         max_size=3), max_leaves=8)
-keys = st.sampled_from(["id", "token", "stream", "symbol", "exchange", "interval", "half_life", "topic", "token_id",
+keys = st.sampled_from(["id", "token", "stream", "symbol", "exchange", "interval", "half_life", "depth", "topic", "token_id",
                         "side", "type", "price", "quantity", "asset", "amount"])
 shaped = st.builds(lambda action, fields: {"action": action, **fields},
                    action=st.sampled_from(ACTIONS) | scalars,

@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from gateway.app import create_app
 from ingestor.metrics import ingestor_registry
 from ingestor.service import Ingestor
+from recorder import store
 from shared import names
 from shared.embedded_redis import free_port
 from shared.logs import JsonFormatter
@@ -319,7 +320,8 @@ def test_ingestor_collector_reads_its_counters(tmp_path: Path) -> None:
     assert total(smp, "sr_ingestor_publish_batch_size_count", exchange="binance") == 1
 
 
-async def test_ingestor_process_serves_metrics_and_logs_connection_changes_as_json(redis_url: str) -> None:
+async def test_ingestor_process_serves_metrics_and_logs_connection_changes_as_json(redis_url: str,
+                                                                                  tmp_path: Path) -> None:
     async def exchange(ws: ServerConnection) -> None:
         async for msg in ws:
             if msg != "ping" and orjson.loads(msg)["args"][0]["channel"] == "trades":
@@ -330,7 +332,8 @@ async def test_ingestor_process_serves_metrics_and_logs_connection_changes_as_js
     mport = free_port()
     async with scripted_server(exchange) as srv:
         env = {"REDIS_URL": redis_url, "OKX_WS_URL": srv.url, "LOG_JSON": "1",
-               "SR_METRICS__INGESTOR_OKX_PORT": str(mport)}
+               "SR_METRICS__INGESTOR_OKX_PORT": str(mport), "SR_RECORDING__ENABLED": "true",
+               "SR_RECORDING__DIR": str(tmp_path / "rec")}
         async with process("-m", "ingestor", "okx", env=env) as (proc, lines), httpx.AsyncClient(timeout=5) as c:
             smp: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
@@ -341,11 +344,15 @@ async def test_ingestor_process_serves_metrics_and_logs_connection_changes_as_js
                     smp = await scrape(c, f"http://127.0.0.1:{mport}/metrics")
                 except httpx.TransportError:
                     return False
-                return total(smp, "sr_ingestor_messages_total", channel="trade") >= 1
-            await wait_until(traded, 30, "a trade counted on the ingestor's metrics endpoint")
+                return total(smp, "sr_ingestor_messages_total", channel="trade") >= 1 \
+                    and total(smp, "sr_ingestor_recorded_frames_total") >= 1
+            await wait_until(traded, 30, "a trade counted and recorded on the ingestor's metrics endpoint")
     assert total(smp, "sr_ingestor_connected", exchange="okx") == 1
     assert total(smp, "sr_ingestor_publish_batch_size_count", exchange="okx") >= 1
     assert ("sr_ingestor_reconnects_total", (("exchange", "okx"),)) in smp
+    assert total(smp, "sr_ingestor_recording_dropped_total") == 0 == total(smp, "sr_ingestor_recording_errors_total")
+    recorded = [r.raw for f in store.recording_files(tmp_path / "rec") for r in store.read_records(f)]
+    assert any(isinstance(r, str) and '"tradeId":"1"' in r for r in recorded)  # as the exchange sent it
     recs = json_lines(lines)
     conn = [r for r in recs if r.get("event") == "exchange_connection"]
     assert conn and conn[0]["exchange"] == "okx" and {"from", "to", "reason"} <= set(conn[0])

@@ -32,6 +32,9 @@ def test_every_setting_is_documented() -> None:
         if section == "pairs":
             assert "`pairs[]`" in README
             continue
+        if not hasattr(field.annotation, "model_fields"):  # a top-level key
+            assert f"`{section}`" in README, f"README does not document {section}"
+            continue
         for key in field.annotation.model_fields:  # type: ignore[union-attr]
             assert re.search(rf"`{section}\.{key}`|{section}\.\w+` / `{section}\.{key}`|`{section}\.{key}` ", README) \
                 or f"{section}.{key}" in README, f"README does not document {section}.{key}"

@@ -13,13 +13,14 @@ from typing import Any
 
 from gateway.jsonio import number
 from gateway.services.decimals import to_decimal
+from shared.book_merge import DEPTH_DEFAULT, DEPTH_MAX
 from shared.errors import DomainError
 from shared.klines import INTERVALS_US
 from shared.money import fmt
 from shared.settings import EXCHANGES, Settings
 
 EXCHANGE_FILTERS: tuple[str, ...] = ("all", *EXCHANGES)
-MARKET_STREAMS: tuple[str, ...] = ("best_touch", "trades", "klines", "ewma")
+MARKET_STREAMS: tuple[str, ...] = ("best_touch", "trades", "klines", "ewma", "book")
 USER_STREAMS: tuple[str, ...] = ("orders",)  # the authenticated user's own data: no symbol, no exchange
 HALF_LIFE_MIN = Decimal("0.001")
 HALF_LIFE_MAX = Decimal(30 * 86400)
@@ -46,6 +47,7 @@ class Spec:
     exchange: str
     interval: str | None = None
     half_life: Decimal | None = None
+    depth: int | None = None  # book
 
     @property
     def topic(self) -> str:
@@ -56,6 +58,8 @@ class Spec:
             parts.append(self.interval)
         if self.half_life is not None:
             parts.append(fmt(self.half_life))
+        if self.depth is not None:
+            parts.append(str(self.depth))
         return ":".join(parts)
 
     def describe(self) -> dict[str, Any]:
@@ -68,6 +72,8 @@ class Spec:
             out["interval"] = self.interval
         if self.half_life is not None:
             out["half_life"] = number(self.half_life)
+        if self.depth is not None:
+            out["depth"] = self.depth
         return out
 
 
@@ -97,6 +103,14 @@ def parse_half_life(v: Any) -> Decimal:
     return d
 
 
+def parse_depth(v: Any) -> int:
+    if v is None:
+        return DEPTH_DEFAULT
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= DEPTH_MAX:
+        raise DomainError("bad_depth", f"depth must be a whole number from 1 to {DEPTH_MAX}")
+    return v
+
+
 def parse_spec(msg: dict[str, Any], settings: Settings, streams: tuple[str, ...] = MARKET_STREAMS) -> Spec:
     stream = _choice(msg, "stream", streams, "unknown_stream")
     if stream in USER_STREAMS:
@@ -108,7 +122,8 @@ def parse_spec(msg: dict[str, Any], settings: Settings, streams: tuple[str, ...]
         interval = _choice(msg, "interval", tuple(INTERVALS_US), "unknown_interval")
     if stream == "ewma":
         half_life = parse_half_life(msg.get("half_life"))
-    return Spec(stream, symbol, exchange, interval, half_life)
+    depth = parse_depth(msg.get("depth")) if stream == "book" else None
+    return Spec(stream, symbol, exchange, interval, half_life, depth)
 
 
 def parse_topic(topic: Any, settings: Settings) -> Spec:
@@ -126,7 +141,9 @@ def parse_topic(topic: Any, settings: Settings) -> Spec:
             msg["half_life"] = to_decimal(parts[3])
         except ValueError:
             raise DomainError("unknown_topic", f"unknown topic {topic[:80]!r}") from None
-    elif len(parts) != 3:
+    elif len(parts) == 4 and parts[0] == "book" and parts[3].isdigit() and parts[3].isascii():
+        msg["depth"] = int(parts[3])
+    elif len(parts) != 3 or parts[0] == "book":
         raise DomainError("unknown_topic", f"unknown topic {topic[:80]!r}")
     try:
         spec = parse_spec(msg, settings)

@@ -27,6 +27,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from gateway.realtime import messages
+from gateway.realtime.book_stream import BookStreams
 from gateway.realtime.protocol import EXCHANGE_FILTERS, Spec, Subscription
 from gateway.realtime.queue import ClientQueue
 from shared.best_touch import Touch, best_touch
@@ -35,7 +36,7 @@ from shared.feed_health import FeedHealth
 from shared.klines import INTERVALS_US, Candle, KlineBuilder
 from shared.pubsub import RedisHub
 from shared.redis_conn import connect_any
-from shared.schema import BBO, FeedStatus, SchemaError, Trade, decode
+from shared.schema import BBO, Book, FeedStatus, SchemaError, Trade, decode
 from shared.settings import EXCHANGES, Settings
 from shared.timeutil import now_us
 
@@ -80,7 +81,9 @@ class MarketData:
         }
         self._ewma: dict[tuple[str, str], dict[tuple[str, str], EwmaFan[_EwmaSub]]] = {}
         self._grace_us = int(settings.ws.kline_grace_s * 1_000_000)
+        self._wall_clock = settings.ws.kline_clock == "wall"  # "trades": a replay's candles close on its own times
         self._redis = connect_any(settings.redis.url, settings.redis.cluster)
+        self.books = BookStreams(self.hub, self._redis, self.keyspace, settings.symbols)
         self._ticker: asyncio.Task[None] | None = None
         self.bad_messages = 0
 
@@ -108,6 +111,8 @@ class MarketData:
         """Attach ``queue`` to ``spec``'s topic; ``ack`` is queued first, then any snapshot, atomically."""
         sym, flt = spec.symbol, spec.exchange
         exchanges = EXCHANGES if flt == "all" else (flt,)
+        if spec.stream == "book":
+            return await self.books.subscribe(spec, queue, ack)
         if spec.stream == "best_touch":
             for ex in exchanges:
                 if await self.hub.acquire(self.keyspace.md_channel("bbo", ex, sym)):
@@ -131,7 +136,8 @@ class MarketData:
             assert spec.interval is not None
             key = (sym, flt, spec.interval)
             b = self._builders[key]
-            closed = b.close_until(now_us() - self._grace_us)  # the ticker may not have run yet
+            # the ticker may not have run yet
+            closed = b.close_until(now_us() - self._grace_us) if self._wall_clock else []
             if closed:
                 self._push_candles(key, closed)
             for c in b.history:
@@ -209,6 +215,8 @@ class MarketData:
         elif isinstance(msg, FeedStatus):
             self.health.update(msg, now_us())
             self._check_live()
+        elif isinstance(msg, Book):
+            self.books.on_book(msg)
 
     def on_bbo(self, q: BBO) -> None:
         quotes = self._quotes.get(q.symbol)
@@ -250,6 +258,7 @@ class MarketData:
             self._live = live
             for sym in self._quotes:
                 self._touch_changed(sym)
+            self.books.on_live(live)
 
     def on_trade(self, t: Trade) -> None:
         if t.symbol not in self._quotes or t.exchange not in EXCHANGES:
@@ -301,7 +310,7 @@ class MarketData:
         self._check_live()
         cutoff = now - self._grace_us
         for key, b in self._builders.items():
-            closed = b.close_until(cutoff)
+            closed = b.close_until(cutoff) if self._wall_clock else []
             if closed:
                 self._push_candles(key, closed)
             if b.current is not None:

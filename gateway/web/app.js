@@ -217,6 +217,7 @@ class Feed {
     else if (m.type === 'klines') onKline(m.data);
     else if (m.type === 'ewma') onEwma(m.data);
     else if (m.type === 'trades') onTrade(m.data);
+    else if (m.type === 'book') onBook(m.data);
   }
 }
 const feed = new Feed();
@@ -238,6 +239,9 @@ function subscribeMarket({ touch = true, chart = true, tape = true } = {}) {
     state.touch = {};
     for (const e of [...EXCHANGES, 'all']) feed.subscribe(`touch:${e}`, { stream: 'best_touch', symbol: s, exchange: e });
     renderTouchAll();
+    state.book = null;
+    feed.subscribe('book', { stream: 'book', symbol: s, exchange: 'all', depth: 10 });
+    renderLadder();
   }
   if (chart) {
     resetChart();
@@ -287,6 +291,26 @@ function renderTouchAll() {
   if (agg && agg.bid_px != null && agg.ask_px != null) {
     $('#spread').textContent = `${fmt(agg.ask_px - agg.bid_px, pxDec())}${agg.crossed ? ' (crossed across exchanges)' : ''} · best bid ${agg.bid_exchanges.join('+')} · best ask ${agg.ask_exchanges.join('+')}`;
   } else $('#spread').textContent = '—';
+}
+
+// ---------- depth ladder: both exchanges merged by price, asks above bids ----------
+function onBook(d) { state.book = d; renderLadder(); }
+
+function renderLadder() {
+  const d = state.book, body = $('#ladder tbody');
+  if (!d) { body.replaceChildren(); $('#ladder').dataset.levels = '0'; return; }
+  const row = (lv, side) => {
+    const tr = document.createElement('tr'); tr.className = side;
+    const cells = [['binance', lv.sizes.binance, qtyDec()], ['okx', lv.sizes.okx, qtyDec()], ['price', lv.price, pxDec()],
+      ['total', lv.size, qtyDec()]];
+    for (const [cls, v, dec] of cells) {
+      const td = document.createElement('td'); td.className = `num ${cls}`;
+      td.textContent = v === undefined ? '' : fmt(v, dec); tr.append(td);
+    }
+    return tr;
+  };
+  body.replaceChildren(...[...d.asks].reverse().map(lv => row(lv, 'ask')), ...d.bids.map(lv => row(lv, 'bid')));
+  $('#ladder').dataset.levels = String(d.bids.length + d.asks.length);
 }
 
 // ---------- chart ----------

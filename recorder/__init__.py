@@ -1,0 +1,1 @@
+"""Recording of the raw exchange frames the ingestors receive (docs/recording.md)."""
