@@ -40,6 +40,7 @@ import orjson
 from bench import rawws
 from bench.broadcast_ref import CHANNEL
 from bench.fanout import SECRET, STREAMS, publisher
+from bench.fanout_tail import py_spy
 from bench.orders import ROOT, cpu_s, pct, spawn, stop_procs, wait_port
 from shared import tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
@@ -223,6 +224,8 @@ async def main() -> None:
     ap.add_argument("--warmup", type=float, default=3.0)
     ap.add_argument("--rate", type=float, default=1.0, help="multiple of the captures' rates")
     ap.add_argument("--mixes", default=MIXES, help="streams of a client joined by +, the mixes by commas")
+    ap.add_argument("--py-spy", default="", metavar="FILE",
+                    help="record the gateway during the --clients window (FILE.svg, or FILE.txt: collapsed stacks)")
     args = ap.parse_args()
     mixes = args.mixes.split(",")
     symbols = list(load_settings(env={}).symbols)
@@ -273,10 +276,13 @@ async def main() -> None:
             for frames in recorded.values():
                 frames.clear()
             await asyncio.sleep(args.warmup)
+            spy = py_spy(gw.pid, args.measure, args.py_spy) if args.py_spy else None
             g_n, g_lat, g_cpu, g_secs, g_dropped = await measure(loaders, rec_stats, [gw.pid], args.measure)
             print(f"gateway, {args.clients} clients (+{len(groups)} recorders): {g_n / g_secs:,.0f} msgs/s, "
                   f"p99 {pct(g_lat, 99) / 1000:.2f} ms, gateway {g_cpu / g_secs:.2f} core, "
                   f"{g_n / g_cpu:,.0f} msgs per CPU-s, {g_dropped} dropped", flush=True)
+            if spy is not None:
+                await asyncio.to_thread(spy.wait, 30)
             stop.set()
             pub.join(10)
             for ld in loaders:

@@ -202,6 +202,17 @@ class ClientQueue:
             return
         self._push(as_frame(frame), True)
 
+    def put_critical_frames(self, frames: list[bytes]) -> None:
+        """``put_critical`` of each of these ready frames (``frames.text_frame``), in one step."""
+        if self.failed or not frames:
+            return
+        if len(self._q) + len(frames) > self.max_total:
+            self._fail(CLOSE_CRITICAL_OVERFLOW, f"client too slow: {self.max_total} messages pending")
+            return
+        self._q.extend(frames)
+        if not self._flush_pending:
+            self._wake()
+
     def close(self, code: int, reason: str) -> None:
         self._fail(code, reason)
 
