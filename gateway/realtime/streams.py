@@ -8,7 +8,8 @@ partition-tagged on a cluster).
   subscribed ``(symbol, filter)`` topic is recomputed, serialized once and conflated into the queues;
 - trades: each trade is serialized once per topic (its exchange's and ``all``) and queued in order;
 - klines: a ``KlineBuilder`` for every symbol x filter x interval runs from process start (the trade
-  channels are held for the process's life), closed on a 1 s timer aligned to the wall clock;
+  channels are held for the process's life), closed on a 1 s timer aligned to the wall clock; each closed
+  candle's history frame is built once, when it closes, and a new subscriber's history is queued in one step;
 - ewma: one ``EwmaFan`` per ``(symbol, filter, half-life)`` topic, each subscription's average started at
   subscription time; subscriptions that joined before the same trade share one value and one frame.
 
