@@ -228,6 +228,9 @@ async def main() -> None:
                     help="record the gateway during the --clients window (FILE.svg, or FILE.txt: collapsed stacks)")
     args = ap.parse_args()
     mixes = args.mixes.split(",")
+    for mix in mixes:
+        if any(st not in STREAMS for st in mix.split("+")):
+            raise SystemExit(f"--mixes: unknown stream in {mix!r} (known: {', '.join(STREAMS)})")
     symbols = list(load_settings(env={}).symbols)
     groups = [(m, s) for m in mixes for s in symbols]
     print(f"fan-out vs a bare websockets broadcast() server (python -m bench.fanout_ratio --clients {args.clients} "
