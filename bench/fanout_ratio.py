@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from bench.fanout_tail import py_spy
 from bench.orders import ROOT, cpu_s, pct, spawn, stop_procs, wait_port
 from shared import tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.lifeline import die_with_parent
 from shared.settings import load_settings
 
 MIXES = "best_touch+trades,best_touch+trades+ewma,trades+klines,best_touch+trades+klines+ewma"
@@ -302,7 +304,8 @@ async def main() -> None:
             # -- 2. the reference --
             ref_port = free_port()
             ref = subprocess.Popen([sys.executable, "-m", "bench.broadcast_ref", str(ref_port), srv.url],  # noqa: ASYNC220
-                                   cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                   cwd=ROOT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=die_with_parent(signal.SIGTERM))
             procs.append(ref)
             await wait_port(ref_port)
             ref_url = f"ws://127.0.0.1:{ref_port}/ws"
