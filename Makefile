@@ -8,7 +8,7 @@ PORT ?= 8000
 CLUSTER ?=
 export PORT FEED
 
-.PHONY: run test test-cluster bench-cluster bench-memory bench-ingest-ratio bench-orders lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
+.PHONY: run test test-cluster bench-cluster bench-fanout bench-fanout-tail bench-memory bench-ingest-ratio bench-orders lint demo bench clean venv soak-ws soak-faults soak-model fuzz-long
 
 $(STAMP): pyproject.toml gateway/web/package-lock.json
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -69,6 +69,12 @@ bench: $(STAMP)
 
 bench-memory: $(STAMP)  # gateway RSS per connected client, against a bare websockets server (docs/gateway-ws.md)
 	$(BIN)/python -m bench.ws_memory
+
+bench-fanout: $(STAMP)  # pushed messages per CPU-second vs a bare websockets broadcast() server, one run; p99 at 500
+	$(BIN)/python -m bench.fanout_ratio
+
+bench-fanout-tail: $(STAMP)  # one client on every stream kind: tick-to-client p99 of its best_touch and trades
+	$(BIN)/python -m bench.fanout_tail
 
 bench-orders: $(STAMP)  # REST CPU per request as ratios to a trivial FastAPI route, one run (bench/rest_ratio.py)
 	$(BIN)/python -m bench.rest_ratio

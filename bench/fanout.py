@@ -47,7 +47,7 @@ BBO_PER_S = 80.0  # per symbol at 1x (hftbacktest BTCUSDT: ~28,000 bookTicker in
 TRADES_PER_S = 27.0  # per symbol at 1x (~9,800 trades in ~6 min)
 SECRET = "bench-secret-" + "x" * 32
 TICK = 0.005
-STREAMS = {"best_touch": {}, "trades": {}, "klines": {"interval": "1s"}, "ewma": {"half_life": 30}}
+STREAMS: dict[str, dict[str, Any]] = {"best_touch": {}, "trades": {}, "klines": {"interval": "1s"}, "ewma": {"half_life": 30}}
 
 
 def subscribe_messages(mix: str, symbol: str) -> list[dict[str, Any]]:

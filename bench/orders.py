@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ def commands_line(before: dict[str, Any], after: dict[str, Any], orders: float) 
     return "  Redis commands per order: " + ", ".join(f"{n} {c / max(1.0, orders):.2f}" for n, c in busiest)
 
 
-def pct(xs: list[float], p: float) -> float:
+def pct(xs: Sequence[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import os
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 KEY = b'"ts_recv_us":'
@@ -27,15 +28,24 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + body
 
 
-class Stats:
-    __slots__ = ("on", "count", "lat", "sample_every", "closed")
+TYPE = b'{"type":"'
 
-    def __init__(self, sample_every: int = 4) -> None:
+
+class Stats:
+    """What the clients sharing it received while ``on``. ``by_type``: latencies are also kept per message type
+    (``best_touch``, ``trades``...), and ``skip`` names types whose ``ts_recv_us`` is not a delivery time (klines:
+    that of the candle's last trade), left out of ``lat``."""
+
+    __slots__ = ("on", "count", "lat", "sample_every", "closed", "by_type", "skip")
+
+    def __init__(self, sample_every: int = 4, by_type: bool = False, skip: tuple[bytes, ...] = ()) -> None:
         self.on = False
         self.count = 0
         self.lat: list[int] = []
         self.sample_every = sample_every
         self.closed = 0
+        self.by_type: dict[bytes, list[int]] | None = {} if by_type else None
+        self.skip = skip
 
 
 class RawClient(asyncio.Protocol):
@@ -43,6 +53,7 @@ class RawClient(asyncio.Protocol):
         self.stats = stats
         self.request = request
         self.transport: asyncio.Transport | None = None
+        self.on_text: Callable[[bytes], None] | None = None  # each text payload received while stats.on
         self.buf = b""
         self.open = False
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -94,6 +105,8 @@ class RawClient(asyncio.Protocol):
             pos = end
             if op == 1:
                 count += 1
+                if self.on_text is not None and st.on:
+                    self.on_text(bytes(buf[start:end]))
                 if st.on and (st.count + count) % st.sample_every == 0:
                     p = buf.rfind(KEY, start, end)
                     if p > 0:
@@ -103,7 +116,7 @@ class RawClient(asyncio.Protocol):
                             e += 1
                         ts = int(buf[q:e]) if e > q else 0
                         if ts > 0:  # 0: a best touch with no quote yet
-                            st.lat.append(time.time_ns() // 1000 - ts)
+                            self._sample(buf, start, end, time.time_ns() // 1000 - ts)
             elif op == 9 and self.transport is not None:  # ping: pong with the same payload
                 self.transport.write(client_frame(10, bytes(buf[start:end])))
             elif op == 8:
@@ -112,6 +125,20 @@ class RawClient(asyncio.Protocol):
         if st.on:
             st.count += count
         self.buf = buf[pos:] if pos < size else b""
+
+    def _sample(self, buf: bytes, start: int, end: int, lat: int) -> None:
+        st = self.stats
+        if st.by_type is None and not st.skip:
+            st.lat.append(lat)
+            return
+        kind = b""
+        if buf.startswith(TYPE, start):
+            q = buf.find(b'"', start + len(TYPE), end)
+            kind = bytes(buf[start + len(TYPE):q]) if q > 0 else b""
+        if kind not in st.skip:
+            st.lat.append(lat)
+        if st.by_type is not None:
+            st.by_type.setdefault(kind, []).append(lat)
 
     def _fail(self, e: Exception) -> None:
         if not self.opened.done():

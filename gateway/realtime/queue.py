@@ -120,9 +120,13 @@ class ClientQueue:
         if self._sink is None:
             self._ready.set()
         elif not self._flush_pending and not self._stalled:
-            assert self._flusher is not None
+            fl = self._flusher
+            assert fl is not None
             self._flush_pending = True
-            self._flusher.add(self)
+            fl.dirty.append(self)  # _Flusher.add, inlined: this runs once per subscriber per message
+            if not fl.scheduled:
+                fl.scheduled = True
+                fl.loop.call_soon(fl.run)
 
     def _take(self) -> list[bytes]:
         frames = [e.frame if isinstance(e, _Slot) else e for e in self._q]
@@ -182,9 +186,13 @@ class ClientQueue:
             self.conflated += 1
             QueueStats.conflated += 1
             return
-        slot = _Slot(frame)
-        self._slots[key] = slot
-        self._push(slot, False)
+        if len(self._q) >= self.max_total:
+            self._fail(CLOSE_SLOW, f"client too slow: {len(self._q)} messages pending")
+            return
+        slot = self._slots[key] = _Slot(frame)
+        self._q.append(slot)  # _push, inlined
+        if not self._flush_pending:
+            self._wake()
 
     def put_strict(self, frame: str | bytes) -> None:
         if self.failed:
@@ -194,13 +202,29 @@ class ClientQueue:
             return
         if type(frame) is not bytes or frame[0] != TEXT_FIN:
             frame = as_frame(frame)
+        if len(self._q) >= self.max_total:
+            self._fail(CLOSE_SLOW, f"client too slow: {len(self._q)} messages pending")
+            return
         self._strict += 1
-        self._push(frame, False)
+        self._q.append(frame)  # _push, inlined
+        if not self._flush_pending:
+            self._wake()
 
     def put_critical(self, frame: str | bytes) -> None:
         if self.failed:
             return
         self._push(as_frame(frame), True)
+
+    def put_critical_frames(self, frames: list[bytes]) -> None:
+        """``put_critical`` of each of these ready frames (``frames.text_frame``), in one step."""
+        if self.failed or not frames:
+            return
+        if len(self._q) + len(frames) > self.max_total:
+            self._fail(CLOSE_CRITICAL_OVERFLOW, f"client too slow: {self.max_total} messages pending")
+            return
+        self._q.extend(frames)
+        if not self._flush_pending:
+            self._wake()
 
     def close(self, code: int, reason: str) -> None:
         self._fail(code, reason)

@@ -72,7 +72,7 @@ class FrameSink(WebSocketsSansIOProtocol):
 
     def writable_now(self) -> bool:
         """False while the transport's buffer is above its high-water mark (``on_resume`` follows)."""
-        return self.writable.is_set()
+        return not self._paused  # pause/resume_writing's own flag: one attribute, per client per flush
 
     def write_frames(self, data: bytes) -> None:
         # Once closing, frames are dropped like uvicorn drops sends after a close.
@@ -107,6 +107,7 @@ class FrameSink(WebSocketsSansIOProtocol):
         if isinstance(self.transport, _DrainDeadline):
             self.transport.cancel()
         super().connection_lost(exc)
+        self._paused = False  # as uvicorn sets ``writable``: nothing will drain now, writes are dropped
         if self.on_resume is not None:  # lets the queue notice, like a resumed writer would
             self.on_resume()
         self.on_resume = None

@@ -8,7 +8,8 @@ partition-tagged on a cluster).
   subscribed ``(symbol, filter)`` topic is recomputed, serialized once and conflated into the queues;
 - trades: each trade is serialized once per topic (its exchange's and ``all``) and queued in order;
 - klines: a ``KlineBuilder`` for every symbol x filter x interval runs from process start (the trade
-  channels are held for the process's life), closed on a 1 s timer aligned to the wall clock;
+  channels are held for the process's life), closed on a 1 s timer aligned to the wall clock; each closed
+  candle's history frame is built once, when it closes, and a new subscriber's history is queued in one step;
 - ewma: one ``EwmaFan`` per ``(symbol, filter, half-life)`` topic, each subscription's average started at
   subscription time; subscriptions that joined before the same trade share one value and one frame.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +62,11 @@ class _EwmaSub:
     queue: ClientQueue
 
 
+def _candle_slot(topic: str, c: Candle) -> str:
+    # one slot per candle: a slow client gets the latest state of each candle, closed ones included
+    return f"{topic}|{c.open_time_us}"
+
+
 def _fan_key(spec: Spec) -> tuple[str, str]:
     return spec.topic, str(spec.half_life)  # 30 and 30.0 share a topic name but not their "half_life" digits
 
@@ -79,6 +86,11 @@ class MarketData:
             (s, f, iv): KlineBuilder(us, settings.ws.kline_history)
             for s in settings.symbols for f in EXCHANGE_FILTERS for iv, us in INTERVALS_US.items()
         }
+        # the frames of each builder's closed candles, built as they close (a closed candle never changes), so a
+        # new subscriber's history costs one list copy, not one serialization per candle while others wait
+        self._history: dict[tuple[str, str, str], deque[bytes]] = {
+            key: deque(maxlen=b.keep) for key, b in self._builders.items()}
+        self._kline_specs = {key: Spec("klines", key[0], key[1], interval=key[2]) for key in self._builders}
         self._ewma: dict[tuple[str, str], dict[tuple[str, str], EwmaFan[_EwmaSub]]] = {}
         self._grace_us = int(settings.ws.kline_grace_s * 1_000_000)
         self._wall_clock = settings.ws.kline_clock == "wall"  # "trades": a replay's candles close on its own times
@@ -139,11 +151,10 @@ class MarketData:
             # the ticker may not have run yet
             closed = b.close_until(now_us() - self._grace_us) if self._wall_clock else []
             if closed:
-                self._push_candles(key, closed)
-            for c in b.history:
-                queue.put_critical(self._candle_frame(spec, c, history=True))
+                self._closed(key, closed)
+            queue.put_critical_frames(list(self._history[key]))
             if b.current is not None:
-                self._queue_candle(queue, spec, b.current)
+                queue.put_conflated(_candle_slot(spec.topic, b.current), self._candle_frame(spec, b.current))
             self._klines.setdefault(key, _Topic(spec)).subs.add(queue)
             return Subscription(lambda: self._unsubscribe(spec, queue, None))
         assert spec.stream == "ewma" and spec.half_life is not None
@@ -277,7 +288,7 @@ class MarketData:
             for iv in INTERVALS_US:
                 closed = self._builders[(t.symbol, flt, iv)].add(t.price, t.size, t.ts_event_us, t.ts_recv_us)
                 if closed:
-                    self._push_candles((t.symbol, flt, iv), closed)
+                    self._closed((t.symbol, flt, iv), closed)
             for (name, _), fan in self._ewma.get((t.symbol, flt), {}).items():
                 frames = messages.EwmaFrames(name, t.symbol, flt, fan.half_life, t)
                 for value, members in fan.update(t.price, t.ts_event_us):
@@ -292,18 +303,21 @@ class MarketData:
         data = messages.candle_data(c, spec.symbol, spec.exchange, spec.interval, history)
         return messages.push_frame("klines", spec.topic, data)
 
-    def _queue_candle(self, queue: ClientQueue, spec: Spec, c: Candle, frame: bytes | None = None) -> None:
-        # one slot per candle: a slow client gets the latest state of each candle, closed ones included
-        queue.put_conflated(f"{spec.topic}|{c.open_time_us}", frame or self._candle_frame(spec, c))
+    def _closed(self, key: tuple[str, str, str], candles: list[Candle]) -> None:
+        spec = self._kline_specs[key]
+        self._history[key].extend(self._candle_frame(spec, c, history=True) for c in candles)
+        self._push_candles(key, candles)
 
     def _push_candles(self, key: tuple[str, str, str], candles: Iterable[Candle]) -> None:
         topic = self._klines.get(key)
         if topic is None or not topic.subs:
             return
+        name = topic.spec.topic
         for c in candles:
             frame = self._candle_frame(topic.spec, c)
+            slot = _candle_slot(name, c)
             for qu in topic.subs:
-                self._queue_candle(qu, topic.spec, c, frame)
+                qu.put_conflated(slot, frame)
 
     def tick(self, now: int) -> None:
         """Once a second: close finished buckets, push every open candle, notice stale feeds."""
@@ -312,7 +326,7 @@ class MarketData:
         for key, b in self._builders.items():
             closed = b.close_until(cutoff) if self._wall_clock else []
             if closed:
-                self._push_candles(key, closed)
+                self._closed(key, closed)
             if b.current is not None:
                 self._push_candles(key, (b.current,))
 
