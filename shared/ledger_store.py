@@ -43,6 +43,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
+from typing_extensions import TypeIs
 
 from shared import ledger, names
 from shared.errors import DomainError
@@ -78,12 +79,13 @@ def pack(cmds: Sequence[Cmd]) -> bytes:
     for cmd in cmds:
         add(b"*%d\r\n" % len(cmd))
         for a in cmd:
-            if isinstance(a, str):
+            t = type(a)
+            if t is str:
                 a = a.encode()
-            elif isinstance(a, int):
+            elif t is int:
                 a = b"%d" % a
-            elif not isinstance(a, bytes):
-                raise TypeError(f"cannot send {type(a).__name__} to Redis")
+            elif t is not bytes:
+                raise TypeError(f"cannot send {t.__name__} to Redis")
             add(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(out)
 
@@ -98,9 +100,21 @@ CLUSTER_PATIENCE_S = 20.0
 _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError)
 
 
+_CLUSTER_TYPES: dict[type, bool] = {}
+
+
+def _is_cluster(r: Any) -> TypeIs[RedisCluster]:
+    """``isinstance(r, RedisCluster)``, remembered per type: the generic class makes the check cost microseconds."""
+    t = type(r)
+    known = _CLUSTER_TYPES.get(t)
+    if known is None:
+        known = _CLUSTER_TYPES[t] = isinstance(r, RedisCluster)
+    return known
+
+
 async def _acquire(r: Client, key: str) -> tuple[Any, Any]:
     """(owner, connection): on a cluster a connection to the master of ``key``'s slot, owned by that node."""
-    if isinstance(r, RedisCluster):
+    if _is_cluster(r):
         await ready(r)
         node = r.get_node_from_key(key)
         assert node is not None
@@ -126,10 +140,20 @@ async def _exchange(conn: Any, cmds: Sequence[Cmd], *, keep_errors: bool = False
     """Send ``cmds`` in one write and read their replies, within one socket timeout for them all (redis-py
     would arm a timer per reply, which costs more than parsing it). ``keep_errors``: an error reply is returned
     in its place (the later replies are still read, the connection stays usable), not raised."""
-    await conn.send_packed_command(pack(cmds))
+    data = pack(cmds)
+    if not conn.is_connected:
+        await conn.connect()
     deadline = asyncio.timeout(conn.socket_timeout)
     try:
         async with deadline:
+            # redis-py's send_packed_command runs the write in a task of its own (asyncio.wait_for) to time it;
+            # this deadline covers it.
+            try:
+                conn._writer.write(data)
+                await conn._writer.drain()
+            except OSError as e:
+                await conn.disconnect(nowait=True)
+                raise RedisConnectionError(f"Error while writing to Redis: {e}") from e
             if not keep_errors:
                 return [await conn.read_response(timeout=math.inf) for _ in cmds]
             out: list[Any] = []
@@ -160,7 +184,7 @@ async def transact(r: Client, keys: Sequence[str], reads: Sequence[Cmd],
     to that slot's master; a MOVED reply or a lost master (failover) means: learn the slot map again and start
     over, for up to ``CLUSTER_PATIENCE_S`` (a MOVED reply to a command queued in MULTI aborts the EXEC, so
     nothing was applied)."""
-    cluster = isinstance(r, RedisCluster)
+    cluster = _is_cluster(r)
     give_up = time.monotonic() + CLUSTER_PATIENCE_S
     reconnects = 0
     attempt = 0
@@ -187,7 +211,7 @@ async def transact(r: Client, keys: Sequence[str], reads: Sequence[Cmd],
                 tail: list[Cmd] = [("WAIT", *acks)] if acks else []
                 replies = await _exchange(conn, [("MULTI",), *writes, ("EXEC",), *tail])
                 done = replies[-1 - len(tail)]
-                if acks and isinstance(r, RedisCluster) and replies[-1] < acks[0]:
+                if acks and _is_cluster(r) and replies[-1] < acks[0]:
                     await refresh_topology(r)  # a replica is missing: learn which, rather than wait on each write
             except RedisConnectionError:
                 # Nothing was sent to EXEC yet, so trying again on a fresh connection cannot apply twice
@@ -381,7 +405,7 @@ async def _call(r: Client, keys: Sequence[str], args: Sequence[Any], write: bool
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        if acks and isinstance(r, RedisCluster) and replies[-1] < acks[0]:
+        if acks and _is_cluster(r) and replies[-1] < acks[0]:
             await refresh_topology(r)  # a replica is missing: learn which, rather than wait on each write
         return list(replies[0])
     except BaseException:
@@ -402,7 +426,7 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
     outcome is unknown). On a cluster, MOVED replies and a master's failover are ridden through for up to
     ``CLUSTER_PATIENCE_S``, as ``transact`` does."""
     keys = [names.balance_key(user_id)] + ([] if token_id is None else [names.order_key(user_id, token_id)])
-    cluster = isinstance(r, RedisCluster)
+    cluster = _is_cluster(r)
     give_up = time.monotonic() + CLUSTER_PATIENCE_S
     users = _seen.get(r)
     seen = users.get(user_id) if users is not None else None
@@ -410,7 +434,7 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
     if seen is not None:
         state = _State(seen.version, seen.account, None if token_id is None else seen.orders.get(token_id), None,
                        False)
-    pending: tuple[_State, T, Change, bytes | None] | None = None  # a write whose outcome a lost connection hid
+    pending: tuple[_State, T, Change] | None = None  # a write whose outcome a lost connection hid
     lost: BaseException | None = None
     reconnects = 0
     attempt = 0
@@ -439,9 +463,8 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
                     return result
                 state = None
                 continue
-            written = None if change.order is None else orjson.dumps(change.order.to_dict())
-            pending = (state, result, change, written)
-        base, result, change, written = pending
+            pending = (state, result, change)
+        base, result, change = pending
         args: list[Any] = [base.version, "1" if token_id is not None and base.order is None else "0"]
         for cmd in change.writes:
             args.append(len(cmd))
@@ -470,7 +493,7 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
         _remember(r, user_id, state.version, state.account, state.order)
         pending = None
         if lost is not None:
-            if written is not None and state.raw == written:
+            if change.order is not None and state.raw == orjson.dumps(change.order.to_dict()):
                 return result  # the lost write had applied
             raise lost
         if attempt:
@@ -486,7 +509,7 @@ def _hset(key: str, mapping: dict[str, str]) -> list[Cmd]:
 
 
 def _pub(r: Client) -> str:
-    return "SPUBLISH" if isinstance(r, RedisCluster) else "PUBLISH"
+    return "SPUBLISH" if _is_cluster(r) else "PUBLISH"
 
 
 def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = (),
@@ -544,11 +567,13 @@ async def place(r: Client, rules: PairRules, *, user_id: str, token_id: str, sid
         return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)],
                               in_tx, pub=_pub(r))
 
-    shard = names.matcher_shard(rules.symbol, shards)
+    if not _is_cluster(r):
+        in_tx: int | None = shards
+        return await _apply(r, user_id, token_id, step)
+    in_tx = None
     placing = {"symbol": rules.symbol, "side": side, "type": type_, "quantity": fmt(quantity),
                "price": None if price is None else fmt(price)}
-    in_tx = None if isinstance(r, RedisCluster) else shards
-    return await _through_intake(r, shard, user_id, token_id, placing, step)
+    return await _through_intake(r, names.matcher_shard(rules.symbol, shards), user_id, token_id, placing, step)
 
 
 async def cancel(r: Client, *, user_id: str, token_id: str, now_us: int, shards: int = 1) -> Order:
@@ -558,7 +583,7 @@ async def cancel(r: Client, *, user_id: str, token_id: str, now_us: int, shards:
         acct, o, events = ledger.cancel(account, order, now_us)
         return o, _writes(acct, o, events, shards=in_tx, pub=_pub(r))
 
-    in_tx = None if isinstance(r, RedisCluster) else shards
+    in_tx = None if _is_cluster(r) else shards
     return await _change(r, user_id, token_id, shards, step)
 
 
@@ -573,7 +598,7 @@ async def modify(r: Client, rules: Mapping[str, PairRules], *, user_id: str, tok
                                         price=price, quantity=quantity, now_us=now_us)
         return o, _writes(acct, o, events, shards=in_tx, pub=_pub(r))
 
-    in_tx = None if isinstance(r, RedisCluster) else shards
+    in_tx = None if _is_cluster(r) else shards
     return await _change(r, user_id, token_id, shards, step)
 
 
@@ -593,7 +618,7 @@ async def _apply(r: Client, user_id: str, token_id: str, step: Step) -> Order:
 
 
 async def _change(r: Client, user_id: str, token_id: str, shards: int, step: Step) -> Order:
-    if not isinstance(r, RedisCluster):
+    if not _is_cluster(r):
         return await _apply(r, user_id, token_id, step)
     current = await _read_order(r, user_id, token_id)
     if current is None:
@@ -603,7 +628,7 @@ async def _change(r: Client, user_id: str, token_id: str, shards: int, step: Ste
 
 async def _through_intake(r: Client, shard: int, user_id: str, token_id: str, placing: dict[str, Any] | None,
                           step: Step) -> Order:
-    if not isinstance(r, RedisCluster):
+    if not _is_cluster(r):
         return await _apply(r, user_id, token_id, step)
     stream = names.intake_stream(shard)
     intent = _s(await r.xadd(stream, {INTENT: orjson.dumps({"user_id": user_id, "token_id": token_id,
@@ -739,7 +764,7 @@ async def orders_by_keys(r: Client, keys: Sequence[tuple[str, str]]) -> list[Ord
     if not keys:
         return []
     order_keys = [names.order_key(u, t) for u, t in keys]
-    raws = await (r.mget_nonatomic(order_keys) if isinstance(r, RedisCluster) else r.mget(order_keys))
+    raws = await (r.mget_nonatomic(order_keys) if _is_cluster(r) else r.mget(order_keys))
     return [None if x is None else Order.from_dict(orjson.loads(x)) for x in raws]
 
 
