@@ -128,6 +128,10 @@ def _json(content: Any, status_code: int, headers: dict[str, str] | None = None)
     return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")
 
 
+# Every route documents it (``api_router`` and the operations router add it to each of their routes).
+INTERNAL_ERROR: dict[int | str, dict[str, Any]] = {500: {"model": ErrorOut, "description": "Internal error"}}
+
+
 def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for these statuses; ``s409="token_id already used"`` overrides a description."""
     out: dict[int | str, dict[str, Any]] = {}
