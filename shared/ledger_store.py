@@ -294,6 +294,8 @@ async def _read_order(r: Client, user_id: str, token_id: str) -> Order | None:
 # step saw no order under the token, no order is there), else answers the current state, and the step is
 # recomputed. A warm cache is one round trip; a cold one or a stale one, two (as WATCH/MULTI was).
 # A refusal or a no-op computed from remembered state is never trusted: it is computed again on fresh state.
+# The writes travel as one JSON argument (string arguments only: Lua would print a large number as 1.7e+15),
+# which costs the gateway a fraction of encoding each argument on its own.
 
 VERSION = "v"
 _APPLY = """
@@ -301,11 +303,8 @@ local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if v ~= ARGV[1] or (ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1) then
   return {0, v, redis.call('HGETALL', KEYS[1]), KEYS[2] and redis.call('GET', KEYS[2]) or false}
 end
-local i = 3
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+for _, cmd in ipairs(cjson.decode(ARGV[3])) do
+  redis.call(unpack(cmd))
 end
 return {1, redis.call('HINCRBY', KEYS[1], 'v', 1)}
 """
@@ -388,6 +387,12 @@ def _snapshot(reply: list[Any]) -> _State:
     return _State(_s(version), Account.from_hash(_hash(flat)), order, raw or None, True)
 
 
+def _text(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    raise TypeError(f"cannot send {type(v).__name__} to the script")
+
+
 async def _call(r: Client, keys: Sequence[str], args: Sequence[Any], write: bool) -> list[Any]:
     """One ``_APPLY`` on the master of the user's slot (EVALSHA; EVAL once when the server lacks the script,
     which then applied nothing), with ``WAIT`` in the same round trip when writing under ``replica_acks``."""
@@ -465,10 +470,8 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
                 continue
             pending = (state, result, change)
         base, result, change = pending
-        args: list[Any] = [base.version, "1" if token_id is not None and base.order is None else "0"]
-        for cmd in change.writes:
-            args.append(len(cmd))
-            args.extend(cmd)
+        args = (base.version, "1" if token_id is not None and base.order is None else "0",
+                orjson.dumps(change.writes, default=_text))
         try:
             reply = await _call(r, keys, args, True)
         except RedisConnectionError as e:
@@ -512,24 +515,33 @@ def _pub(r: Client) -> str:
     return "SPUBLISH" if _is_cluster(r) else "PUBLISH"
 
 
+def _stored(order: Order, events: list[ledger.Event]) -> bytes:
+    """``order.to_dict()`` as JSON, from the public form its event already holds when there is one."""
+    for ev in events:
+        pub = ev.get("order")
+        if pub is not None and pub["token_id"] == order.token_id and pub["version"] == order.version:
+            return orjson.dumps({"user_id": order.user_id, **pub})
+    return orjson.dumps(order.to_dict())
+
+
 def _writes(acct: Account, order: Order, events: list[ledger.Event], extra: Sequence[Cmd] = (),
             shards: int | None = None, *, pub: str) -> Change:
     """The order, the balances, the open index, ``extra``, the events (``pub``: PUBLISH, or SPUBLISH on a
     cluster: the user's channel is in the user's slot), and (unless the matcher made the change itself, or on a
     cluster: ``shards`` None) the order JSON on its matcher shard's intake stream, in the same transaction: the
     matcher cannot miss an order whose transaction applied."""
-    raw = orjson.dumps(order.to_dict())
+    raw = _stored(order, events)
     out: list[Cmd] = [("SET", names.order_key(order.user_id, order.token_id), raw)]
     out += _hset(names.balance_key(order.user_id), acct.to_hash())
     if order.is_open:
-        out.append(("ZADD", names.open_orders_key(order.user_id), order.created_us, order.token_id))
+        out.append(("ZADD", names.open_orders_key(order.user_id), str(order.created_us), order.token_id))
     else:
         out.append(("ZREM", names.open_orders_key(order.user_id), order.token_id))
     out += extra
     out += [(pub, names.user_events_channel(order.user_id), orjson.dumps(ev)) for ev in events]
     if shards is not None:
         stream = names.intake_stream(names.matcher_shard(order.symbol, shards))
-        out.append(("XADD", stream, "MAXLEN", "~", names.INTAKE_MAXLEN, "*", ORDER, raw))
+        out.append(("XADD", stream, "MAXLEN", "~", str(names.INTAKE_MAXLEN), "*", ORDER, raw))
     return Change(out, acct, order)
 
 
@@ -564,7 +576,7 @@ async def place(r: Client, rules: PairRules, *, user_id: str, token_id: str, sid
         acct, order, events = ledger.place(account, rules, user_id=user_id,
                                            token_id=token_id, side=side, type_=type_, price=price,
                                            quantity=quantity, now_us=now_us)
-        return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), now_us, token_id)],
+        return order, _writes(acct, order, events, [("ZADD", names.orders_index_key(user_id), str(now_us), token_id)],
                               in_tx, pub=_pub(r))
 
     if not _is_cluster(r):
@@ -664,7 +676,7 @@ async def fence(r: Client, *, user_id: str, token_id: str, placing: Mapping[str,
                                   type_=placing["type"], price=None if price is None else Decimal(price),
                                   quantity=Decimal(placing["quantity"]), now_us=now_us)
         return o, Change([("SET", names.order_key(user_id, token_id), orjson.dumps(o.to_dict())),
-                          ("ZADD", names.orders_index_key(user_id), now_us, token_id),
+                          ("ZADD", names.orders_index_key(user_id), str(now_us), token_id),
                           *[(_pub(r), names.user_events_channel(user_id), orjson.dumps(ev)) for ev in events]],
                          None, o)
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -240,3 +241,11 @@ async def test_a_lost_deposit_is_reported_unknown_not_repeated(cutter: tuple[_Cu
         assert (await ledger_store.get_account(aredis, "d")).get("USDT").total == Decimal(16)
     finally:
         await r.aclose()
+
+
+async def test_the_stored_order_is_its_own_json(aredis: aioredis.Redis) -> None:
+    await ledger_store.deposit(aredis, "s", "USDT", Decimal(1000))
+    placed = await _place(aredis, "s", "t1")
+    cancelled = await ledger_store.cancel(aredis, user_id="s", token_id="t1", now_us=2)
+    assert placed.version + 1 == cancelled.version
+    assert await aredis.get(names.order_key("s", "t1")) == orjson.dumps(cancelled.to_dict())
