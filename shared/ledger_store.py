@@ -1,15 +1,14 @@
 """The ledger's Redis shell: read -> pure ``shared.ledger`` computes -> write, atomically and exactly.
 
-Lua cannot do exact decimal arithmetic, so every operation is an optimistic transaction: WATCH the user's
-balance hash and the order key, read them, let the pure core compute the new state, then write it all in
-one MULTI/EXEC (order, balances, indexes, fills, and the PUBLISH of the events, which EXEC delivers only if
-the transaction applied). If another client changed a watched key in between, EXEC fails and the whole
-step is recomputed from fresh state. Every key carries the user's hash tag, so a transaction stays in one
-Redis Cluster slot; the PUBLISHes name channels, not keys.
+Lua cannot do exact decimal arithmetic, so Python computes every new state and Redis only checks and writes: each
+operation is a compare-and-set on the user's version (``_run``, below), one round trip when this process remembers
+the user's current state, two otherwise. The writes (order, balances, indexes, fills, and the PUBLISH of the
+events) apply together or not at all; a state that changed in between is answered back and the step recomputed.
+Every key carries the user's hash tag, so an operation stays in one Redis Cluster slot. ``transact`` (WATCH/MULTI)
+remains for keys outside a user's ledger.
 
-Exactly-once fills follow: settlement re-reads the order inside the transaction and does nothing unless it
-is still open at the version the decision was made on, so a restarted or second matcher cannot apply a
-fill twice.
+Exactly-once fills follow: settlement decides on the order as stored at the version it writes against, and does
+nothing unless the order is still open there, so a restarted or second matcher cannot apply a fill twice.
 """
 
 from __future__ import annotations
@@ -619,8 +618,8 @@ async def modify(r: Client, rules: Mapping[str, PairRules], *, user_id: str, tok
 # change is announced on it first (an intent), then applied, then confirmed (the order JSON, naming the intent), or
 # withdrawn when it was refused. The matcher holds an intent until it is confirmed; past a deadline it looks for the
 # order itself, and when a placed order is still not there it fences the token (``fence``): a rejected record the
-# late transaction, which WATCHes the same key, cannot overwrite. So an order whose transaction applied is never
-# unknown to its matcher, whichever process dies where.
+# late operation, which checks the user's version and that the token is free, cannot overwrite. So an order whose
+# operation applied is never unknown to its matcher, whichever process dies where.
 
 Step = UserStep[Order]
 
