@@ -17,6 +17,7 @@ from gateway.realtime import connection, order_actions
 from gateway.realtime.streams import MarketData
 from gateway.rest import dashboard, errors, openapi
 from gateway.rest.body import BodyLimitMiddleware, JsonRoute
+from gateway.rest.fast import FastPlace
 from gateway.rest.routes import auth, balance, fills, health, info, orders
 from gateway.services.accounts import LoginLimiter, PasswordHasher, UserStore
 from gateway.services.order_events import OrderEvents
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.route_class = JsonRoute
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(FastPlace, routes=app.router.routes)  # innermost: reads the body parsed by the next one
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes)
     app.add_middleware(metrics.HttpMetricsMiddleware)  # outermost: times everything, 413s included
     # The routers' routes go on the application's own router, ahead of the docs pages: an included router is

@@ -183,6 +183,21 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
     return _json(error_body(500, "internal error", "internal"), status_code=500)
 
 
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ClusterError, AskError, TryAgainError, RedisClusterException)
+
+
+def service_error_response(exc: Exception) -> Response | None:
+    """What ``install``'s handlers answer to a service's ``DomainError`` or a Redis outage, for a route served in
+    front of FastAPI's exception handling (``gateway.rest.fast``); None for anything else."""
+    if isinstance(exc, DomainError):
+        return domain_response(exc)
+    if isinstance(exc, _REDIS_DOWN):
+        log.warning("redis unavailable: %s", exc)
+        return domain_response(DomainError("unavailable", "storage temporarily unavailable, try again",
+                                           retry_after_s=1))
+    return None
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
