@@ -293,6 +293,8 @@ async def _read_order(r: Client, user_id: str, token_id: str) -> Order | None:
 # step saw no order under the token, no order is there), else answers the current state, and the step is
 # recomputed. A warm cache is one round trip; a cold one or a stale one, two (as WATCH/MULTI was).
 # A refusal or a no-op computed from remembered state is never trusted: it is computed again on fresh state.
+# The version moves before the writes: a write that fails halfway (Redis does not roll a script back) still tells
+# every process that the state changed.
 # The writes travel as one JSON argument (string arguments only: Lua would print a large number as 1.7e+15),
 # which costs the gateway a fraction of encoding each argument on its own.
 
@@ -302,10 +304,12 @@ local v = redis.call('HGET', KEYS[1], 'v') or '0'
 if v ~= ARGV[1] or (ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1) then
   return {0, v, redis.call('HGETALL', KEYS[1]), KEYS[2] and redis.call('GET', KEYS[2]) or false}
 end
-for _, cmd in ipairs(cjson.decode(ARGV[3])) do
+local cmds = cjson.decode(ARGV[3])
+local nv = redis.call('HINCRBY', KEYS[1], 'v', 1)
+for _, cmd in ipairs(cmds) do
   redis.call(unpack(cmd))
 end
-return {1, redis.call('HINCRBY', KEYS[1], 'v', 1)}
+return {1, nv}
 """
 _APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
 CACHED_USERS = 4096

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from shared import ledger_store, names
 from shared.embedded_redis import free_port
@@ -23,8 +24,11 @@ from shared.errors import DomainError
 from shared.ledger import PairRules
 from shared.matching import Decision
 from tests.ledger_audit import audit
+from tests.servers import CLUSTER_PASS
 
-pytestmark = pytest.mark.asyncio
+# One server: the cut proxy and the command counts need one node (the cluster pass runs the same path through
+# tests/test_cluster_ledger.py and tests/test_cluster_failover.py).
+pytestmark = [pytest.mark.asyncio, pytest.mark.skipif(CLUSTER_PASS, reason="one Redis server")]
 
 RULES = PairRules("BTCUSDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.001"), taker_fee=Decimal("0.001"))
 
@@ -249,3 +253,13 @@ async def test_the_stored_order_is_its_own_json(aredis: aioredis.Redis) -> None:
     cancelled = await ledger_store.cancel(aredis, user_id="s", token_id="t1", now_us=2)
     assert placed.version + 1 == cancelled.version
     assert await aredis.get(names.order_key("s", "t1")) == orjson.dumps(cancelled.to_dict())
+
+
+async def test_a_write_failing_halfway_still_moves_the_version(aredis: aioredis.Redis) -> None:
+    """Redis does not roll a script back: what it wrote before the failure stands, and the moved version makes
+    every process read it again rather than compute from what it remembers."""
+    await ledger_store.deposit(aredis, "h", "USDT", Decimal(1000))
+    await aredis.set(names.orders_index_key("h"), "not a zset")
+    with pytest.raises(ResponseError):
+        await _place(aredis, "h", "t1")
+    assert await aredis.hget(names.balance_key("h"), ledger_store.VERSION) == b"2"
