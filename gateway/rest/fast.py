@@ -3,7 +3,8 @@
 The hot route of the API spent more CPU in FastAPI's per-request machinery (dependency solving, request and
 response objects, the exception middleware) than in its own work. ``FastPlace`` runs the same steps with the same
 objects: the body ``BodyLimitMiddleware`` already parsed, the route's own authentication dependency
-(``deps.TraderDep``'s, whatever it checks), ``PlaceOrderIn`` validation, ``Trading.place`` and ``order_json``.
+(``deps.TraderDep``'s, whatever it checks), ``PlaceOrderIn`` validation (``plain_place`` for the usual body),
+``Trading.place`` and ``order_json``.
 A request it does not take on, or that fails authentication or validation, goes to FastAPI untouched (nothing has
 happened yet) and gets FastAPI's answer, so every refusal keeps one implementation; a refusal by the service is
 answered as ``gateway.rest.errors`` answers it. The OpenAPI document still comes from the route
@@ -25,7 +26,7 @@ from gateway.rest import deps
 from gateway.rest.body import SCOPE_JSON_KEY
 from gateway.rest.errors import service_error_response
 from gateway.rest.models import order_json
-from gateway.services.requests import PlaceOrderIn
+from gateway.services.requests import PlaceOrderIn, plain_place
 from shared.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class FastPlace:
             return
         try:
             trader = await self.trader(Request(scope, receive))
-            body = PlaceOrderIn.model_validate(scope[SCOPE_JSON_KEY])
+            data = scope[SCOPE_JSON_KEY]
+            body = plain_place(data) or PlaceOrderIn.model_validate(data)
         except (DomainError, ValidationError):
             await self.app(scope, receive, send)  # FastAPI answers the refusal, as for any other route
             return
