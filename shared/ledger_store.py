@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,7 +42,6 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT
-from typing_extensions import TypeIs
 
 from shared import ledger, names
 from shared.errors import DomainError
@@ -102,7 +101,7 @@ _REDIRECTS = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCove
 _CLUSTER_TYPES: dict[type, bool] = {}
 
 
-def _is_cluster(r: Any) -> TypeIs[RedisCluster]:
+def _is_cluster(r: Any) -> TypeGuard[RedisCluster]:
     """``isinstance(r, RedisCluster)``, remembered per type: the generic class makes the check cost microseconds."""
     t = type(r)
     known = _CLUSTER_TYPES.get(t)
@@ -118,6 +117,7 @@ async def _acquire(r: Client, key: str) -> tuple[Any, Any]:
         node = r.get_node_from_key(key)
         assert node is not None
         return node, node.acquire_connection()
+    assert isinstance(r, aioredis.Redis)  # for the type checker: not a cluster
     idle = _idle.get(r)
     if idle:
         return r, idle.pop()
