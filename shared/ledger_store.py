@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import math
 import random
+import secrets
 import time
 import weakref
 from collections import OrderedDict
@@ -293,6 +295,8 @@ async def _read_order(r: Client, user_id: str, token_id: str) -> Order | None:
 # step saw no order under the token, no order is there), else answers the current state, and the step is
 # recomputed. A warm cache is one round trip; a cold one or a stale one, two (as WATCH/MULTI was).
 # A refusal or a no-op computed from remembered state is never trusted: it is computed again on fresh state.
+# A version is ``<count>:<writer's nonce>``: after a rollback (a failover that lost writes not yet replicated)
+# the count may come round again, the nonce does not, so a state remembered from the lost branch never matches.
 # The version moves before the writes: a write that fails halfway (Redis does not roll a script back) still tells
 # every process that the state changed.
 # The writes travel as one JSON argument (string arguments only: Lua would print a large number as 1.7e+15),
@@ -305,13 +309,20 @@ if v ~= ARGV[1] or (ARGV[2] == '1' and redis.call('EXISTS', KEYS[2]) == 1) then
   return {0, v, redis.call('HGETALL', KEYS[1]), KEYS[2] and redis.call('GET', KEYS[2]) or false}
 end
 local cmds = cjson.decode(ARGV[3])
-local nv = redis.call('HINCRBY', KEYS[1], 'v', 1)
+local nv = (tonumber(string.match(v, '^%d+')) + 1) .. ':' .. ARGV[4]
+redis.call('HSET', KEYS[1], 'v', nv)
 for _, cmd in ipairs(cmds) do
   redis.call(unpack(cmd))
 end
 return {1, nv}
 """
 _APPLY_SHA = hashlib.sha1(_APPLY.encode()).hexdigest()
+_NONCE_PREFIX = secrets.token_hex(4)  # this process
+_nonces = itertools.count()
+
+
+def _count(version: str) -> int:
+    return int(version.partition(":")[0])
 CACHED_USERS = 4096
 CACHED_ORDERS = 16  # per user
 
@@ -335,7 +346,7 @@ def _remember(r: Client, user_id: str, version: str, account: Account, order: Or
     if users is None:
         users = _seen[r] = OrderedDict()
     seen = users.get(user_id)
-    if seen is not None and int(seen.version) > int(version):
+    if seen is not None and _count(seen.version) > _count(version):
         return
     if seen is None or seen.version != version:
         kept = seen.orders if seen is not None and wrote_from == seen.version else {}
@@ -474,7 +485,7 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
             pending = (state, result, change)
         base, result, change = pending
         args = (base.version, "1" if token_id is not None and base.order is None else "0",
-                orjson.dumps(change.writes, default=_text))
+                orjson.dumps(change.writes, default=_text), f"{_NONCE_PREFIX}{next(_nonces):x}")
         try:
             reply = await _call(r, keys, args, True)
         except RedisConnectionError as e:
@@ -492,7 +503,7 @@ async def _run(r: Client, user_id: str, token_id: str | None, step: UserStep[T])
             await _cluster_pause(r, reconnects)
             continue
         if reply[0] == 1:
-            _remember(r, user_id, str(reply[1]), change.account or base.account, change.order,
+            _remember(r, user_id, _s(reply[1]), change.account or base.account, change.order,
                       wrote_from=base.version)
             return result
         state = _snapshot(reply)
