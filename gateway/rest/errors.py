@@ -174,8 +174,9 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 
 
 async def _redis_down(_: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", exc)
-    return domain_response(DomainError("unavailable", "storage temporarily unavailable, try again", retry_after_s=1))
+    response = service_error_response(exc)
+    assert response is not None
+    return response
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
