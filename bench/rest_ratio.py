@@ -32,7 +32,18 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
-from bench.orders import ROOT, SECRET, Http, cpu_s, funded_clients, heartbeat, spawn, stop_procs, wait_port
+from bench.orders import (
+    ROOT,
+    SECRET,
+    Http,
+    commands_line,
+    cpu_s,
+    funded_clients,
+    heartbeat,
+    spawn,
+    stop_procs,
+    wait_port,
+)
 from shared import tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
 
@@ -142,11 +153,17 @@ async def main() -> None:
             await warm(conns, toks, placing(-1), 201)
             per: dict[str, list[float]] = {"ref": [], "health": [], "orders": [], "redis": [], "matcher": []}
             counts = {"ref": [0, 0], "health": [0, 0], "orders": [0, 0]}
+            calls: dict[str, int] = {}  # Redis commands over the order phases (INFO commandstats)
             for rnd in range(args.rounds):
                 for name, cs, ts, make, ok, ps in (("ref", ref_conns, ref_toks, get_root, 200, ref_pids),
                                                    ("health", conns, toks, get_health, 200, pids),
                                                    ("orders", conns, toks, placing(rnd), 201, pids)):
+                    stats0 = await r.info("commandstats") if name == "orders" else {}
                     good, bad, spent = await drive(cs, ts, make, args.seconds, ok, ps)
+                    if name == "orders":
+                        stats1 = await r.info("commandstats")
+                        for k, v in stats1.items():
+                            calls[k] = calls.get(k, 0) + v["calls"] - stats0.get(k, {}).get("calls", 0)
                     counts[name][0] += good
                     counts[name][1] += bad
                     n = max(1, good)
@@ -173,6 +190,7 @@ async def main() -> None:
     print(line("gateway GET /health", counts["health"], med(per["health"]), ratios["health"]))
     print(line("gateway POST /orders (rests)", counts["orders"], med(per["orders"]), ratios["orders"],
                f"; Redis {med(per['redis']):,.0f} µs/order, matcher {med(per['matcher']):,.0f} µs/order"))
+    print(commands_line({}, {k: {"calls": v} for k, v in calls.items()}, counts["orders"][0]))
     print("  per round (µs): " + "; ".join(f"{k} " + " ".join(f"{v:,.0f}" for v in vs) for k, vs in per.items()))
 
 

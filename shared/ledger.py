@@ -109,7 +109,7 @@ class Account:
         new[asset] = bal
         return Account(new)
 
-    # Redis hash form: t:<ASSET> / r:<ASSET> -> decimal string.
+    # Redis hash form: t:<ASSET> / r:<ASSET> -> decimal string (other fields are not balances).
     def to_hash(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for asset, b in self.balances.items():
@@ -123,9 +123,10 @@ class Account:
         res: dict[str, Decimal] = {}
         for k, v in raw.items():
             key = k.decode() if isinstance(k, bytes) else str(k)
-            val = Decimal(v.decode() if isinstance(v, bytes) else str(v))
             kind, _, asset = key.partition(":")
-            (tot if kind == "t" else res)[asset] = val
+            if kind not in ("t", "r") or not asset:
+                continue  # not a balance (the store's version counter)
+            (tot if kind == "t" else res)[asset] = Decimal(v.decode() if isinstance(v, bytes) else str(v))
         return cls({a: Balance(tot.get(a, ZERO), res.get(a, ZERO)) for a in set(tot) | set(res)})
 
 

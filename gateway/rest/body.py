@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import jsonio
-from gateway.rest.errors import error_body
+from gateway.rest.errors import INTERNAL_ERROR, error_body
 from shared.errors import DomainError
 
 DEFAULT_MAX_BODY = 64 * 1024
@@ -185,5 +185,6 @@ class JsonRoute(APIRoute):
 
 
 def api_router(**kw: Any) -> APIRouter:
-    """An ``APIRouter`` whose routes parse JSON strictly and exactly (see the module docstring)."""
-    return APIRouter(route_class=JsonRoute, **kw)
+    """An ``APIRouter`` whose routes parse JSON strictly and exactly (see the module docstring), and document
+    the internal error."""
+    return APIRouter(route_class=JsonRoute, responses=INTERNAL_ERROR, **kw)

@@ -128,6 +128,10 @@ def _json(content: Any, status_code: int, headers: dict[str, str] | None = None)
     return Response(orjson.dumps(content), status_code=status_code, headers=headers, media_type="application/json")
 
 
+# Every route documents it (``api_router`` and the operations router add it to each of their routes).
+INTERNAL_ERROR: dict[int | str, dict[str, Any]] = {500: {"model": ErrorOut, "description": "Internal error"}}
+
+
 def error_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for these statuses; ``s409="token_id already used"`` overrides a description."""
     out: dict[int | str, dict[str, Any]] = {}
@@ -170,13 +174,29 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 
 
 async def _redis_down(_: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", exc)
-    return domain_response(DomainError("unavailable", "storage temporarily unavailable, try again", retry_after_s=1))
+    response = service_error_response(exc)
+    assert response is not None
+    return response
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _json(error_body(500, "internal error", "internal"), status_code=500)
+
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ClusterError, AskError, TryAgainError, RedisClusterException)
+
+
+def service_error_response(exc: Exception) -> Response | None:
+    """What ``install``'s handlers answer to a service's ``DomainError`` or a Redis outage, for a route served in
+    front of FastAPI's exception handling (``gateway.rest.fast``); None for anything else."""
+    if isinstance(exc, DomainError):
+        return domain_response(exc)
+    if isinstance(exc, _REDIS_DOWN):
+        log.warning("redis unavailable: %s", exc)
+        return domain_response(DomainError("unavailable", "storage temporarily unavailable, try again",
+                                           retry_after_s=1))
+    return None
 
 
 def install(app: FastAPI) -> None:

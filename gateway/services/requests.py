@@ -16,8 +16,9 @@ error decides the code) plus the per-field list REST shows::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -31,7 +32,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.services.decimals import PositiveDec
+from gateway.services.decimals import ExactDecimal, PositiveDec, to_decimal
 from shared import ledger
 from shared.errors import DomainError
 from shared.ledger import TOKEN_ID_PATTERN
@@ -179,6 +180,37 @@ class PlaceOrderIn(CodedModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"token_id": "my-order-1", "symbol": "BTCUSDT", "side": "buy", "price": 50000, "quantity": 0.01,
          "type": "limit"}]})
+
+
+_PLACE_FIELDS = frozenset(PlaceOrderIn.model_fields)
+_TOKEN_ID = re.compile(TOKEN_ID_PATTERN)
+_SIDES: dict[str, ledger.Side] = {"buy": "buy", "sell": "sell"}
+_TYPES: dict[str, ledger.OrderType] = {"limit": "limit", "market": "market", "ioc": "ioc"}
+_POSITIVE = next(m for m in get_args(PositiveDec)[1:] if isinstance(m, ExactDecimal))
+
+
+def plain_place(data: Any) -> PlaceOrderIn | None:
+    """The usual order body validated by the same rules without pydantic's per-field machinery (the hot path of
+    ``POST /orders``): what it returns, ``PlaceOrderIn.model_validate`` returns too (tests/test_requests_plain.py).
+    None for anything else, and then ``model_validate`` decides, with its error codes."""
+    if type(data) is not dict or not data.keys() <= _PLACE_FIELDS:
+        return None
+    token_id, symbol, given_side = data.get("token_id"), data.get("symbol"), data.get("side")
+    given_type = data.get("type")
+    side = _SIDES.get(given_side) if type(given_side) is str else None
+    type_ = "limit" if given_type is None else _TYPES.get(given_type) if type(given_type) is str else None
+    if (type(token_id) is not str or not _TOKEN_ID.fullmatch(token_id) or type(symbol) is not str
+            or len(symbol) > 40 or side is None or type_ is None or data.get("quantity") is None):
+        return None
+    price = data.get("price")
+    try:
+        quantity = _POSITIVE.bounds(to_decimal(data["quantity"]))
+        if price is not None:
+            price = _POSITIVE.bounds(to_decimal(price))
+    except ValueError:
+        return None
+    return PlaceOrderIn.model_construct(token_id=token_id, symbol=symbol, side=side, price=price,
+                                        quantity=quantity, type=type_)
 
 
 def _modify_schema(schema: dict[str, Any]) -> None:

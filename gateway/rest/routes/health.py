@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway import metrics
+from gateway.rest.errors import INTERNAL_ERROR
 from gateway.services.readiness import HealthOut, ReadyOut, probe, readiness
 from shared.settings import EXCHANGES
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], responses=INTERNAL_ERROR)
 
 
 @router.get("/health", summary="Liveness", response_model=HealthOut,

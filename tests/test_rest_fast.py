@@ -1,0 +1,81 @@
+"""``POST /orders`` in front of FastAPI (``gateway.rest.fast``) answers exactly what the FastAPI route answers: the
+same statuses, headers and bodies for placements and for every kind of refusal, over real HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.rest import fast
+from tests.servers import make_settings, run_gateway
+from tests.trading_helpers import auth
+
+pytestmark = pytest.mark.asyncio
+
+ORDER = {"token_id": "t1", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00", "quantity": "0.001"}
+# (description, body, headers beyond the user's token: None = no token at all)
+CASES: list[tuple[str, Any, dict[str, str] | None]] = [
+    ("placed", ORDER, {}),
+    ("duplicate", ORDER, {}),
+    ("insufficient", {**ORDER, "token_id": "t2", "quantity": "1000"}, {}),
+    ("unknown symbol", {**ORDER, "token_id": "t3", "symbol": "NOPE"}, {}),
+    ("tick size", {**ORDER, "token_id": "t4", "price": "10000.001"}, {}),
+    ("unknown field", {**ORDER, "token_id": "t5", "colour": "red"}, {}),
+    ("number as number", {**ORDER, "token_id": "t6", "price": 10000.5}, {}),
+    ("not an object", [ORDER], {}),
+    ("no token", {**ORDER, "token_id": "t7"}, None),
+    ("forged token", {**ORDER, "token_id": "t8"}, {"Authorization": "Bearer x.y.z"}),
+    ("not json", "token_id=t9", {"Content-Type": "text/plain"}),
+    ("market", {**ORDER, "token_id": "t10", "type": "market", "price": None}, {}),
+]
+VARYING = {"created_us", "updated_us", "date"}
+
+
+def _comparable(r: httpx.Response) -> tuple[int, dict[str, str], Any]:
+    headers = {k: v for k, v in r.headers.items() if k not in VARYING}
+    body: Any = r.content
+    if r.headers.get("content-type") == "application/json":
+        body = orjson.loads(r.content)
+        if isinstance(body, dict):
+            body = {k: v for k, v in body.items() if k not in VARYING}
+    return r.status_code, headers, body
+
+
+async def _answers(redis_url: str, user: str, fast_on: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    settings = make_settings(redis_url, SR_GATEWAY__ORDER_FINAL_WAIT_S="0.05")
+    with monkeypatch.context() as m:
+        if not fast_on:
+            m.setattr(fast, "_trader_dependency", lambda: None)
+        app = create_app(settings)
+        out = []
+        async with run_gateway(redis_url, settings, app=app) as base, httpx.AsyncClient(base_url=base) as c:
+            token = auth(settings, user)
+            dep = await c.post("/deposit", json={"asset": "USDT", "amount": "1000"}, headers=token)
+            assert dep.status_code == 200
+            for _, body, extra in CASES:
+                headers = {} if extra is None else {**token, **extra}
+                if isinstance(body, str):
+                    r = await c.post("/orders", content=body, headers=headers)
+                else:
+                    r = await c.post("/orders", content=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json", **headers})
+                out.append(_comparable(r))
+        return out
+
+
+async def test_the_fast_path_is_on() -> None:
+    """If this fails, ``deps.TraderDep`` no longer resolves from the request alone and every order goes through
+    FastAPI's dependency machinery (correct, but slower): adapt ``fast._trader_dependency``."""
+    assert fast._trader_dependency() is not None
+
+
+async def test_the_same_answers_as_the_fastapi_route(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    through_fast = await _answers(redis_url, "fast-user", True, monkeypatch)
+    through_fastapi = await _answers(redis_url, "route-user", False, monkeypatch)
+    for (what, _, _), a, b in zip(CASES, through_fast, through_fastapi, strict=True):
+        assert a == b, what
+    assert through_fast[0][0] == 201 and through_fast[1][0] == 409 and through_fast[8][0] == 401
