@@ -300,6 +300,8 @@ class Ingestor:
         self.publish_status(now_us())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publisher.flush(), 3.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.publisher.aclose(), 1.0)
 
     def stop(self) -> None:
         for sup in self.supervisors:
