@@ -123,8 +123,11 @@ def resp_call(batch: Sequence[Item], publish: bytes, bulks: dict[bytes, bytes], 
 
 class Publisher:
     def __init__(self, redis: Client, exchange: str, *, keyspace: names.Keyspace = names.SINGLE,
-                 max_batch: int = 2000, max_pending: int = 200_000, status_key: str | None = None) -> None:
-        """``status_key``: the status hash (default ``md:feed:<exchange>``; a shard has its own)."""
+                 max_batch: int = 2000, max_pending: int = 200_000, status_key: str | None = None,
+                 linger_s: float = 0.0) -> None:
+        """``status_key``: the status hash (default ``md:feed:<exchange>``; a shard has its own). ``linger_s``: how
+        long the run loop lets a batch gather after its first message (fewer, larger calls)."""
+        self.linger_s = linger_s
         self.redis = redis
         self.exchange = exchange
         self.keyspace = keyspace
@@ -189,6 +192,8 @@ class Publisher:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            if self.linger_s and len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
             await self.flush()
             task = asyncio.current_task()

@@ -103,7 +103,8 @@ class Ingestor:
         self.status_suffix = status_suffix
         self.parser = make_parser(exchange, settings)
         self.publisher = Publisher(redis, exchange, keyspace=settings.redis.keyspace,
-                                   status_key=feed_status_key(exchange, status_suffix))
+                                   status_key=feed_status_key(exchange, status_suffix),
+                                   linger_s=settings.ingestor.publish_linger_ms / 1000)
         self.stats = FeedStats()
         if endpoint is not None:
             planned: list[tuple[ConnectionPlan | None, Endpoint]] = [(None, endpoint)]
