@@ -182,7 +182,7 @@ async def run_phase(exchange: str, side: str, replay: list[Path], frames: int, s
                     replay_autostart=False, ping_interval=60.0, okx_idle_timeout=120.0, binance_msg_limit=50)
     async with sim:
         env = dict(os.environ, REDIS_URL=redis_url, BINANCE_WS_URL=sim.binance_url, OKX_WS_URL=sim.okx_url,
-                   SR_METRICS__INGESTOR_BINANCE_PORT="0", SR_METRICS__INGESTOR_OKX_PORT="0", LOG_LEVEL="WARNING",
+                   SR_METRICS__INGESTOR_BINANCE_PORT="0", SR_METRICS__INGESTOR_OKX_PORT="0", LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
                    WSS_URL_BINANCE=sim.binance_url + "/stream", WSS_URL_OKEX=sim.okx_url, OKX_USE_TRADES_CHANNEL="1")
         if side == "ours":
             cmd = [sys.executable, "-m", "ingestor", exchange, "--pairs", SYMBOL]

@@ -174,7 +174,7 @@ class ConnectionSupervisor:
                 try:
                     ws, _ = await asyncio.wait_for(
                         ws_connect(session.itself, self.url, websocket_handshake_timeout=self.open_timeout_s,
-                                   max_frame_size=MAX_MESSAGE_BYTES, enable_auto_pong=True,
+                                   max_frame_size=MAX_MESSAGE_BYTES, enable_auto_pong=True, use_aiofastnet=False,
                                    logger_name=f"ingestor.{self.name}"),
                         self.open_timeout_s)
                 except BaseException as e:

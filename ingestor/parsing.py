@@ -71,8 +71,8 @@ def load_object(frame: str | bytes) -> dict[str, Any]:
 def price(v: Any) -> Decimal:
     if type(v) is not str or _PLAIN_DECIMAL.fullmatch(v) is None:
         raise FrameError("bad_number", f"price is not a plain decimal string: {v!r:.40}")
-    d = Decimal(v)
-    if not d.is_finite() or d <= _ZERO or d > MAX_AMOUNT:
+    d = Decimal(v)  # finite: the pattern has no exponent, NaN or Infinity
+    if d <= _ZERO or d > MAX_AMOUNT:
         raise FrameError("bad_number", f"absurd price {v!r:.40}")
     return d
 
@@ -81,7 +81,7 @@ def size(v: Any) -> Decimal:
     if type(v) is not str or _PLAIN_DECIMAL.fullmatch(v) is None:
         raise FrameError("bad_number", f"size is not a plain decimal string: {v!r:.40}")
     d = Decimal(v)
-    if not d.is_finite() or d < _ZERO or d > MAX_AMOUNT:
+    if d < _ZERO or d > MAX_AMOUNT:
         raise FrameError("bad_number", f"absurd size {v!r:.40}")
     return d
 

@@ -168,10 +168,14 @@ class Publisher:
 
     def submit(self, msgs: Iterable[MdMessage]) -> None:
         pending = self._pending
+        routes = self._routes
         for m in msgs:
-            channel, last, route = self._route(m.type, m.symbol)
-            pending.append((channel, encode(m), last, route))
-        self._after_submit()
+            r = routes.get((m.type, m.symbol)) or self._route(m.type, m.symbol)
+            pending.append((r[0], encode(m), r[1], r[2]))
+        if len(pending) > self.max_pending:
+            self._after_submit()
+        else:
+            self._wake.set()
 
     def submit_status(self, status: FeedStatus, fields: Mapping[str, str | int]) -> None:
         """A FeedStatus on the status channel, and the status hash fields to write with the next batch."""
@@ -220,8 +224,8 @@ class Publisher:
             if error is not None:
                 self.errors += 1
                 self.dropped += lost
-                self._errlog.warning("redis", "%s: publishing to Redis failed (%d messages lost): %r",
-                                     self.exchange, lost, error)
+                self._errlog.warning("redis", "%s: publishing to Redis failed (%d messages lost): %s: %s",
+                                     self.exchange, lost, type(error).__name__, error)
                 await asyncio.sleep(0.2)
 
     async def _send(self, batch: list[Item]) -> tuple[int, BaseException | None]:

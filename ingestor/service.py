@@ -120,7 +120,8 @@ class Ingestor:
             sup = ConnectionSupervisor(name, ep, on_frame=self.on_frame, feeds=settings.feeds,
                                        connect_gate=self.gate.wait)
             link = Link(i, sup, plan)
-            sup.on_frame = self._frame_handler(link)
+            # One link is ``_current`` from the start: its frames skip the wrapper.
+            sup.on_frame = self.on_frame if len(planned) == 1 else self._frame_handler(link)
             sup.on_state = self._state_handler(link)
             self.links.append(link)
         self._current = self.links[0]  # the link whose frame is being handled
