@@ -380,4 +380,4 @@ class _Session(WSListener):
         if hs is not None and hs.recv is not None:
             self.end(f"closed by server (code {hs.recv.code.value}, {hs.recv.reason or ''!r})", False)
         else:
-            self.end("connection lost (no close frame)", False)
+            self.end("connection closed: no close frame received or sent", False)
