@@ -13,6 +13,10 @@ Backoff doubles from ``backoff_initial_s`` to ``backoff_max_s`` with jitter and 
 lived ``stable_after_s``. Every state change goes to the log and to ``on_state``. Several supervisors of one
 exchange share a ``Pacer`` (``connect_gate``) so that their dials, first ones and redials alike, stay under
 the exchange's connection rate (OKX: 3 per second per IP).
+
+The client is picows (WebSocket frames parsed in C, pings answered by it): picows calls ``_Session.on_ws_frame``
+from the socket's read, and every whole message, of every connection, goes through ``ConnectionSupervisor._arrive``
+with its receive time: the one place where raw frames arrive (no future, no task wake-up per frame).
 """
 
 from __future__ import annotations

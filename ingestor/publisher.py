@@ -199,7 +199,10 @@ class Publisher:
             if self.linger_s and len(self._pending) < self.max_batch:
                 await asyncio.sleep(self.linger_s)
             self._wake.clear()
-            await self.flush()
+            async with self._lock:
+                await self._flush_one()
+            if self._pending or self._status_fields:
+                self._wake.set()  # what arrived during the call lingers in its turn, then goes
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # redis-py can turn a cancellation that lands inside a command into a connection error (which
@@ -213,20 +216,24 @@ class Publisher:
 
     async def _flush_pending(self) -> None:
         while self._pending or self._status_fields:
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-            fields, self._status_fields = self._status_fields, {}
-            lost, error = await self._send(batch) if batch else (0, None)
-            if fields:
-                try:
-                    await self.redis.hset(self._status_key, mapping=fields)
-                except _REDIS_ERRORS as e:
-                    error = error or e
-            if error is not None:
-                self.errors += 1
-                self.dropped += lost
-                self._errlog.warning("redis", "%s: publishing to Redis failed (%d messages lost): %s: %s",
-                                     self.exchange, lost, type(error).__name__, error)
-                await asyncio.sleep(0.2)
+            await self._flush_one()
+
+    async def _flush_one(self) -> None:
+        """One batch (at most ``max_batch`` messages) and the status hash fields."""
+        batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        fields, self._status_fields = self._status_fields, {}
+        lost, error = await self._send(batch) if batch else (0, None)
+        if fields:
+            try:
+                await self.redis.hset(self._status_key, mapping=fields)
+            except _REDIS_ERRORS as e:
+                error = error or e
+        if error is not None:
+            self.errors += 1
+            self.dropped += lost
+            self._errlog.warning("redis", "%s: publishing to Redis failed (%d messages lost): %s: %s",
+                                 self.exchange, lost, type(error).__name__, error)
+            await asyncio.sleep(0.2)
 
     async def _send(self, batch: list[Item]) -> tuple[int, BaseException | None]:
         """The batch's script calls, all at once (several only on a cluster); (messages lost, the first error)."""

@@ -86,6 +86,28 @@ async def test_run_loop_publishes_without_being_awaited(aredis: aioredis.Redis) 
         task.cancel()
 
 
+async def test_a_lingering_batch_gathers_what_arrives_meanwhile(aredis: aioredis.Redis) -> None:
+    """With a linger, the run loop waits that long after a first message: what arrives meanwhile goes in the
+    same call. (A long linger, so that nothing here depends on the machine's speed.)"""
+    pub = Publisher(aredis, "okx", linger_s=3.0)
+    task = asyncio.create_task(pub.run())
+    try:
+        pub.submit([bbo("100", 1)])
+        await asyncio.sleep(0.05)
+        assert pub.published == 0  # still gathering
+        pub.submit([bbo("100", 2), bbo("100", 3)])
+        for _ in range(1500):
+            if pub.published == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert pub.published == 3 and pub.batches == 1
+        assert decode(await aredis.get(names.md_last_key("bbo", "okx", "BTCUSDT"))).seq == 3  # type: ignore[union-attr]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pub.aclose()
+
+
 async def test_overflow_drops_oldest_and_redis_failure_does_not_raise(redis_url: str) -> None:
     dead = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
     pub = Publisher(dead, "okx", max_pending=100)
