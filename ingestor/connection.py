@@ -265,10 +265,12 @@ class ConnectionSupervisor:
         self._set_state("connected", self.url)
 
     def _arrive(self, raw: str | bytes, session: _Session) -> None:
-        """Every frame of every connection arrives here (text as str, binary as bytes), with its receive time."""
+        """Every whole message of every connection arrives here (text as str, binary as bytes): the one place
+        where raw frames arrive, and where their receive time is taken."""
         self.last_rx = time.monotonic()
+        recv_us = now_us()
         try:
-            reason = self.on_frame(raw, now_us())
+            reason = self.on_frame(raw, recv_us)
         except Exception as e:  # noqa: BLE001 - a broken handler ends this session only
             log.exception("%s: session failed", self.name)
             session.end(f"session failed: {e!r}"[:300], False)
