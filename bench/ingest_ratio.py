@@ -63,6 +63,7 @@ TARDIS = "tardis-dev@13"
 MIN_RATE = 10_000
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 REPO = Path(__file__).resolve().parents[1]
+OURS_FROM = REPO  # --ours-from: the checkout whose ``python -m ingestor`` runs (an earlier commit, for a before/after)
 SYMBOL = "BTCUSDT"
 TARDIS_SYMBOL = {"binance": "btcusdt", "okx": "BTC-USDT"}
 TARDIS_EXCHANGE = {"binance": "binance", "okx": "okex"}
@@ -188,7 +189,7 @@ async def run_phase(exchange: str, side: str, replay: list[Path], frames: int, s
             cmd = [sys.executable, "-m", "ingestor", exchange, "--pairs", SYMBOL]
             if profile:  # py-spy samples from outside: the ingestor's own CPU is still what /proc gives for its pid
                 cmd = [PY_SPY, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", str(profile / f"{exchange}.txt"), "--", *cmd]
-            proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=env, stdin=DEVNULL, stdout=DEVNULL)
+            proc = await asyncio.create_subprocess_exec(*cmd, cwd=OURS_FROM, env=env, stdin=DEVNULL, stdout=DEVNULL)
         else:
             cmd = ["node", "ref.js", TARDIS_EXCHANGE[exchange], TARDIS_SYMBOL[exchange]]
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=tardis_dir, env=env, stdin=PIPE, stdout=PIPE)
@@ -409,7 +410,12 @@ def main() -> None:
                     help="rounds per exchange (ours and tardis-dev back to back); the ratio is their median")
     ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
                     help="sample our ingestors with py-spy, keep <exchange>.txt in DIR and print where the time goes")
+    ap.add_argument("--ours-from", type=Path, default=None, metavar="DIR",
+                    help="run our ingestor from this checkout (e.g. `git worktree add --detach /tmp/before <commit>`)")
     args = ap.parse_args()
+    if args.ours_from:
+        global OURS_FROM
+        OURS_FROM = args.ours_from.resolve()
     if args.profile:
         if not Path(PY_SPY).exists():
             ap.error(f"--profile needs py-spy next to the interpreter ({PY_SPY}): .venv/bin/pip install py-spy")
