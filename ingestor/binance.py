@@ -3,7 +3,7 @@
 ``plan_connections`` spreads the pairs over as few connections as Binance's 1024 streams per connection
 allow (whole pairs per connection, sizes balanced). On each connection the first streams go in the URL
 (``<ws_url>/stream?streams=a/b/c``) up to ``MAX_URL_CHARS``; the rest are added with ``SUBSCRIBE`` frames of at
-most ``SUBSCRIBE_MAX_PARAMS`` streams, ``SUBSCRIBE_PACE_S`` apart, so that with websockets' automatic pongs
+most ``SUBSCRIBE_MAX_PARAMS`` streams, ``SUBSCRIBE_PACE_S`` apart, so that with picows' automatic pongs
 we stay under Binance's 5 incoming messages/s. A few pairs fit in the URL alone: no message is sent. Per pair:
 
 - ``<sym>@bookTicker``        -> ``BBO`` (no event time on spot: ``ts_event_us`` is the receive time)
@@ -45,7 +45,7 @@ EXCHANGE = "binance"
 MAX_STREAMS = 1024
 MAX_INCOMING_PER_S = 5
 CONNECTS_PER_5_MIN = 300
-# One SUBSCRIBE every 0.35 s is under 3 messages/s: a pong websockets sends on its own in the same second
+# One SUBSCRIBE every 0.35 s is under 3 messages/s: a pong picows sends on its own in the same second
 # still leaves us under 5.
 SUBSCRIBE_PACE_S = 0.35
 # Streams per SUBSCRIBE frame: Binance documents no cap; 200 names are ~5 KB, a small frame.

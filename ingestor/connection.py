@@ -13,6 +13,10 @@ Backoff doubles from ``backoff_initial_s`` to ``backoff_max_s`` with jitter and 
 lived ``stable_after_s``. Every state change goes to the log and to ``on_state``. Several supervisors of one
 exchange share a ``Pacer`` (``connect_gate``) so that their dials, first ones and redials alike, stay under
 the exchange's connection rate (OKX: 3 per second per IP).
+
+The client is picows (WebSocket frames parsed in C, pings answered by it): picows calls ``_Session.on_ws_frame``
+from the socket's read, and every whole message, of every connection, goes through ``ConnectionSupervisor._arrive``
+with its receive time: the one place where raw frames arrive (no future, no task wake-up per frame).
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from shared.settings import FeedSettings
 from shared.timeutil import now_us
@@ -41,6 +44,8 @@ StateHandler = Callable[[ConnState, str], None]
 
 # Consecutive short-lived connections that may be redialled without waiting, when the server asked.
 MAX_IMMEDIATE_REDIALS = 3
+MAX_MESSAGE_BYTES = 8 * 2**20
+_TEXT, _BINARY, _CONT, _CLOSE = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.CLOSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +143,7 @@ class ConnectionSupervisor:
         self._kick = asyncio.Event()
         self._kick_reason = ""
         self._stopping = False
-        self._ws: ClientConnection | None = None
+        self._ws: WSTransport | None = None
 
     # -- control from outside -------------------------------------------------------------------
     def request_reconnect(self, reason: str) -> None:
@@ -169,18 +174,25 @@ class ConnectionSupervisor:
                     await self._gate(self.connect_gate)
                     if self._stopping:
                         break
+                session = _Session(self)
                 try:
-                    ws = await connect(self.url, open_timeout=self.open_timeout_s, close_timeout=1.0,
-                                       max_size=8 * 2**20)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - any dial failure means: back off and retry
+                    ws, _ = await asyncio.wait_for(
+                        ws_connect(session.itself, self.url, websocket_handshake_timeout=self.open_timeout_s,
+                                   max_frame_size=MAX_MESSAGE_BYTES, enable_auto_pong=True, use_aiofastnet=False,
+                                   logger_name=f"ingestor.{self.name}"),
+                        self.open_timeout_s)
+                except BaseException as e:
+                    # A handshake may have completed just as the timeout fired: that connection is dropped.
+                    session.end("connect failed", False)
+                    self._ws, self.connected_since_us = None, 0
+                    if not isinstance(e, Exception):
+                        raise
                     reason = f"connect failed: {e!r}"[:300]
                     immediate = False
                     lived = 0.0
                 else:
                     started = time.monotonic()
-                    reason, immediate = await self._session(ws)
+                    reason, immediate = await self._session(ws, session)
                     lived = time.monotonic() - started
                 if self._stopping:
                     break
@@ -217,57 +229,67 @@ class ConnectionSupervisor:
             self._kick.clear()
             await self._kick.wait()
 
-    async def _session(self, ws: ClientConnection) -> tuple[str, bool]:
+    async def _session(self, ws: WSTransport, session: _Session) -> tuple[str, bool]:
         """Serve one connection until it ends; returns (why, whether to redial at once)."""
+        watchdog = asyncio.create_task(self._watchdog(ws))
+        subscriber = asyncio.create_task(self._subscribe(ws)) if self.subscribe else None
+        try:
+            done, _ = await asyncio.wait({session.ended, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if session.ended in done:
+                return session.ended.result()
+            try:
+                return watchdog.result()
+            except Exception as e:  # noqa: BLE001 - a broken socket ends this session only
+                log.exception("%s: session failed", self.name)
+                return f"session failed: {e!r}"[:300], False
+        finally:
+            for t in (watchdog, subscriber):
+                if t is not None and not t.done():
+                    t.cancel()
+            await asyncio.gather(watchdog, *([subscriber] if subscriber else []), return_exceptions=True)
+            if not ws.is_disconnected:
+                with contextlib.suppress(Exception):
+                    ws.send_close(WSCloseCode.OK)
+                    ws.disconnect()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.wait_disconnected(), 2.0)
+            self._ws = None
+            self.connected_since_us = 0
+
+    def _opened(self, ws: WSTransport) -> None:
+        # Called by picows once the handshake is done, before any frame (the first may be in the same read).
         self._ws = ws
         self.connects += 1
         self.connected_since_us = now_us()
         self.last_rx = time.monotonic()
         self._set_state("connected", self.url)
-        reader = asyncio.create_task(self._read(ws))
-        watchdog = asyncio.create_task(self._watchdog(ws))
-        subscriber = asyncio.create_task(self._subscribe(ws)) if self.subscribe else None
+
+    def _arrive(self, raw: str | bytes, session: _Session) -> None:
+        """Every whole message of every connection arrives here (text as str, binary as bytes): the one place
+        where raw frames arrive, and where their receive time is taken."""
+        self.last_rx = time.monotonic()
+        recv_us = now_us()
         try:
-            done, _ = await asyncio.wait({reader, watchdog}, return_when=asyncio.FIRST_COMPLETED)
-            task = reader if reader in done else watchdog
-            try:
-                return task.result()
-            except ConnectionClosed as e:
-                return f"connection closed: {e}", False
-            except Exception as e:  # noqa: BLE001 - a broken handler or socket ends this session only
-                log.exception("%s: session failed", self.name)
-                return f"session failed: {e!r}"[:300], False
-        finally:
-            for t in (reader, watchdog, subscriber):
-                if t is not None and not t.done():
-                    t.cancel()
-            await asyncio.gather(reader, watchdog, *([subscriber] if subscriber else []), return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
-            self._ws = None
-            self.connected_since_us = 0
+            reason = self.on_frame(raw, recv_us)
+        except Exception as e:  # noqa: BLE001 - a broken handler ends this session only
+            log.exception("%s: session failed", self.name)
+            session.end(f"session failed: {e!r}"[:300], False)
+            return
+        if reason is not None:
+            session.end(f"exchange asked: {reason}", True)
 
-    async def _read(self, ws: ClientConnection) -> tuple[str, bool]:
-        on_frame = self.on_frame
-        clock = time.monotonic
-        async for frame in ws:
-            self.last_rx = clock()
-            reason = on_frame(frame, now_us())
-            if reason is not None:
-                return f"exchange asked: {reason}", True
-        return f"closed by server (code {ws.close_code}, {ws.close_reason!r})", False
-
-    async def _subscribe(self, ws: ClientConnection) -> None:
+    async def _subscribe(self, ws: WSTransport) -> None:
         for i, req in enumerate(self.subscribe):
             if i and self.subscribe_pace_s:
                 await asyncio.sleep(self.subscribe_pace_s)
-            await ws.send(req)
+            ws.send(_TEXT, req.encode())
 
-    async def _watchdog(self, ws: ClientConnection) -> tuple[str, bool]:
+    async def _watchdog(self, ws: WSTransport) -> tuple[str, bool]:
         opened = time.monotonic()
         limits = [self.idle_timeout_s, 1.0] + ([self.ping_after_s] if self.ping_after_s else [])
         tick = max(0.01, min(limits) / 5)
         pinged_at = 0.0
+        ping = self.ping_payload.encode()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), tick)
@@ -280,6 +302,88 @@ class ConnectionSupervisor:
             if self.ping_after_s is not None and silent >= self.ping_after_s and pinged_at <= self.last_rx:
                 pinged_at = now
                 self.pings_sent += 1
-                await ws.send(self.ping_payload)
+                ws.send(_TEXT, ping)
             if self.max_lifetime_s is not None and now - opened >= self.max_lifetime_s:
                 return f"lifetime of {self.max_lifetime_s:.0f}s reached", True
+
+
+class _Session(WSListener):
+    """picows' callbacks for one connection. picows answers pings itself; fragmented messages are put together
+    here; each whole message goes to ``ConnectionSupervisor._arrive``, called right from the socket's read."""
+
+    def __init__(self, sup: ConnectionSupervisor) -> None:
+        super().__init__()
+        self.sup = sup
+        self.ended: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._text = False
+        self._transport: WSTransport | None = None
+
+    def itself(self) -> _Session:
+        return self
+
+    def end(self, reason: str, immediate: bool) -> None:
+        if not self.ended.done():
+            self.ended.set_result((reason, immediate))
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.disconnect()
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+        self.sup._opened(transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        t = frame.msg_type
+        if frame.fin and not self._parts:
+            if t is _TEXT:
+                try:
+                    self.sup._arrive(frame.get_payload_as_utf8_text(), self)
+                except UnicodeDecodeError:
+                    self._refuse(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text frame")
+                return
+            if t is _BINARY:
+                self.sup._arrive(frame.get_payload_as_bytes(), self)
+                return
+        if t is _CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+            return
+        if t is _TEXT or t is _BINARY or t is _CONT:
+            self._fragment(t, frame)
+        # PONG (we send no WebSocket pings) and anything else: ignored.
+
+    def _fragment(self, t: WSMsgType, frame: WSFrame) -> None:
+        if (t is _CONT) != bool(self._parts):
+            self._refuse(WSCloseCode.PROTOCOL_ERROR, "unexpected continuation frame")
+            return
+        if t is not _CONT:
+            self._text = t is _TEXT
+        self._size += frame.payload_size
+        if self._size > MAX_MESSAGE_BYTES:
+            self._refuse(WSCloseCode.MESSAGE_TOO_BIG, f"message over {MAX_MESSAGE_BYTES} bytes")
+            return
+        self._parts.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            raw, self._parts, self._size = b"".join(self._parts), [], 0
+            if not self._text:
+                self.sup._arrive(raw, self)
+                return
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                self._refuse(WSCloseCode.INVALID_TEXT, "invalid UTF-8 in a text message")
+                return
+            self.sup._arrive(text, self)
+
+    def _refuse(self, code: WSCloseCode, why: str) -> None:
+        if self._transport is not None:
+            self._transport.send_close(code, why.encode())
+        self.end(f"protocol error: {why}", False)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        hs = transport.close_handshake
+        if hs is not None and hs.recv is not None:
+            self.end(f"closed by server (code {hs.recv.code.value}, {hs.recv.reason or ''!r})", False)
+        else:
+            self.end("connection closed: no close frame received or sent", False)

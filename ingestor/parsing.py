@@ -68,21 +68,43 @@ def load_object(frame: str | bytes) -> dict[str, Any]:
     return o
 
 
+# Strings already accepted, and their Decimal (immutable, so shared): a feed repeats the same prices again and
+# again (in the captures ~1,300 distinct prices and ~14,000 sizes per 20,000 frames), and a dict lookup costs a
+# tenth of the pattern match, the Decimal and the bounds. Each is emptied when it reaches CACHE_MAX entries.
+CACHE_MAX = 8192
+_PRICES: dict[str, Decimal] = {}
+_SIZES: dict[str, Decimal] = {}
+
+
 def price(v: Any) -> Decimal:
+    if type(v) is str:
+        d = _PRICES.get(v)
+        if d is not None:
+            return d
     if type(v) is not str or _PLAIN_DECIMAL.fullmatch(v) is None:
         raise FrameError("bad_number", f"price is not a plain decimal string: {v!r:.40}")
-    d = Decimal(v)
-    if not d.is_finite() or d <= _ZERO or d > MAX_AMOUNT:
+    d = Decimal(v)  # finite: the pattern has no exponent, NaN or Infinity
+    if d <= _ZERO or d > MAX_AMOUNT:
         raise FrameError("bad_number", f"absurd price {v!r:.40}")
+    if len(_PRICES) >= CACHE_MAX:
+        _PRICES.clear()
+    _PRICES[v] = d
     return d
 
 
 def size(v: Any) -> Decimal:
+    if type(v) is str:
+        d = _SIZES.get(v)
+        if d is not None:
+            return d
     if type(v) is not str or _PLAIN_DECIMAL.fullmatch(v) is None:
         raise FrameError("bad_number", f"size is not a plain decimal string: {v!r:.40}")
     d = Decimal(v)
-    if not d.is_finite() or d < _ZERO or d > MAX_AMOUNT:
+    if d < _ZERO or d > MAX_AMOUNT:
         raise FrameError("bad_number", f"absurd size {v!r:.40}")
+    if len(_SIZES) >= CACHE_MAX:
+        _SIZES.clear()
+    _SIZES[v] = d
     return d
 
 

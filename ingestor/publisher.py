@@ -6,6 +6,10 @@ latest bbo/book per key, conflated within the batch); while that call is in flig
 arriving into the next batch, so batches grow by themselves under bursts. If Redis is slow or away the
 pending batch is capped at ``max_pending`` messages: the oldest are dropped and counted.
 
+On one server the call is written as RESP built here (each channel's and key's bulk string encoded once) on a
+connection of its own, taken from redis-py's pool settings (address, auth, database, timeouts): no per-command
+packing, no pool round trip. A script unknown to the server (a restarted Redis) is sent again with its source.
+
 On a Redis Cluster a script may only touch its own slot (an ``SPUBLISH`` to a channel another master owns fails:
 "non local key"), so the batch is cut by partition (``Keyspace.tag``: a pair's channels and snapshot keys share
 one slot; an exchange's status channel has its own): one call per partition, routed by a key of its slot, all of
@@ -16,12 +20,15 @@ server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
-from redis.exceptions import RedisClusterException, RedisError
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.typing import EncodableT, FieldT
 
 from ingestor.parsing import MdMessage
@@ -46,6 +53,9 @@ end
 return n
 """
 
+_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest().encode()
+_EVALSHA = b"$7\r\nEVALSHA\r\n$40\r\n" + _SHA + b"\r\n"
+_EVAL = b"$4\r\nEVAL\r\n" + b"$%d\r\n%b\r\n" % (len(_SCRIPT.encode()), _SCRIPT.encode())
 _LAST_KINDS = frozenset(("bbo", "book"))  # kept as snapshots for newcomers; trades are only streamed
 _REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
@@ -81,16 +91,54 @@ def script_calls(batch: Sequence[Item], publish: str) -> list[ScriptCall]:
     return calls
 
 
+def bulk(b: bytes) -> bytes:
+    """A RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(b), b)
+
+
+def resp_call(batch: Sequence[Item], publish: bytes, bulks: dict[bytes, bytes], head: bytes = _EVALSHA) -> list[bytes]:
+    """The batch (one server: no routing key) as ONE script call in RESP, the same call ``script_calls`` makes:
+    ``head`` (EVALSHA + digest, or EVAL + source), the snapshot keys, then the arguments. ``bulks`` caches the
+    bulk strings of channels and keys."""
+    body: list[bytes] = [publish, b"$%d\r\n%d\r\n" % (len(str(len(batch))), len(batch)), b"$1\r\n0\r\n"]
+    last: dict[bytes, bytes] = {}
+    for channel, payload, key, _ in batch:
+        b = bulks.get(channel)
+        if b is None:
+            b = bulks[channel] = bulk(channel)
+        body.append(b)
+        body.append(b"$%d\r\n%b\r\n" % (len(payload), payload))
+        if key is not None:
+            last[key] = payload
+    keys: list[bytes] = []
+    for key, payload in last.items():
+        b = bulks.get(key)
+        if b is None:
+            b = bulks[key] = bulk(key)
+        keys.append(b)
+        body.append(b"$%d\r\n%b\r\n" % (len(payload), payload))
+    nk = b"%d" % len(keys)
+    return [b"*%d\r\n" % (3 + 2 * len(keys) + 3 + 2 * len(batch)), head, b"$%d\r\n%b\r\n" % (len(nk), nk), *keys, *body]
+
+
 class Publisher:
     def __init__(self, redis: Client, exchange: str, *, keyspace: names.Keyspace = names.SINGLE,
-                 max_batch: int = 2000, max_pending: int = 200_000, status_key: str | None = None) -> None:
-        """``status_key``: the status hash (default ``md:feed:<exchange>``; a shard has its own)."""
+                 max_batch: int = 2000, max_pending: int = 200_000, status_key: str | None = None,
+                 linger_s: float = 0.0) -> None:
+        """``status_key``: the status hash (default ``md:feed:<exchange>``; a shard has its own). ``linger_s``: how
+        long the run loop lets a batch gather after its first message (fewer, larger calls)."""
+        self.linger_s = linger_s
         self.redis = redis
         self.exchange = exchange
         self.keyspace = keyspace
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._script = redis.register_script(_SCRIPT)
+        # One server: our own connection and hand-built calls. A cluster: redis-py routes each partition's call.
+        self._conn: AbstractConnection | None = (
+            redis.connection_pool.make_connection() if isinstance(redis, aioredis.Redis) else None)
+        self._publish = bulk(keyspace.publish.encode())
+        self._bulks: dict[bytes, bytes] = {}
         self._pending: list[Item] = []
         self._status_fields: dict[FieldT, EncodableT] = {}
         self._wake = asyncio.Event()
@@ -120,10 +168,14 @@ class Publisher:
 
     def submit(self, msgs: Iterable[MdMessage]) -> None:
         pending = self._pending
+        routes = self._routes
         for m in msgs:
-            channel, last, route = self._route(m.type, m.symbol)
-            pending.append((channel, encode(m), last, route))
-        self._after_submit()
+            r = routes.get((m.type, m.symbol)) or self._route(m.type, m.symbol)
+            pending.append((r[0], encode(m), r[1], r[2]))
+        if len(pending) > self.max_pending:
+            self._after_submit()
+        else:
+            self._wake.set()
 
     def submit_status(self, status: FeedStatus, fields: Mapping[str, str | int]) -> None:
         """A FeedStatus on the status channel, and the status hash fields to write with the next batch."""
@@ -144,8 +196,13 @@ class Publisher:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            if self.linger_s and len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
-            await self.flush()
+            async with self._lock:
+                await self._flush_one()
+            if self._pending or self._status_fields:
+                self._wake.set()  # what arrived during the call lingers in its turn, then goes
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 # redis-py can turn a cancellation that lands inside a command into a connection error (which
@@ -159,23 +216,59 @@ class Publisher:
 
     async def _flush_pending(self) -> None:
         while self._pending or self._status_fields:
-            batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
-            fields, self._status_fields = self._status_fields, {}
-            lost, error = await self._send(batch) if batch else (0, None)
-            if fields:
-                try:
-                    await self.redis.hset(self._status_key, mapping=fields)
-                except _REDIS_ERRORS as e:
-                    error = error or e
-            if error is not None:
-                self.errors += 1
-                self.dropped += lost
-                self._errlog.warning("redis", "%s: publishing to Redis failed (%d messages lost): %r",
-                                     self.exchange, lost, error)
-                await asyncio.sleep(0.2)
+            await self._flush_one()
+
+    async def _flush_one(self) -> None:
+        """One batch (at most ``max_batch`` messages) and the status hash fields."""
+        batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+        fields, self._status_fields = self._status_fields, {}
+        lost, error = await self._send(batch) if batch else (0, None)
+        if fields:
+            try:
+                await self.redis.hset(self._status_key, mapping=fields)
+            except _REDIS_ERRORS as e:
+                error = error or e
+        if error is not None:
+            self.errors += 1
+            self.dropped += lost
+            self._errlog.warning("redis", "%s: publishing to Redis failed (%d messages lost): %s: %s",
+                                 self.exchange, lost, type(error).__name__, error)
+            await asyncio.sleep(0.2)
 
     async def _send(self, batch: list[Item]) -> tuple[int, BaseException | None]:
         """The batch's script calls, all at once (several only on a cluster); (messages lost, the first error)."""
+        if self._conn is not None:
+            error = await self._send_one(self._conn, batch)
+            lost = len(batch) if error is not None else 0
+        else:
+            lost, error = await self._send_cluster(batch)
+        if lost < len(batch):
+            self.published += len(batch) - lost
+            self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(len(batch) - lost)
+        return lost, error
+
+    async def _send_one(self, conn: AbstractConnection, batch: list[Item]) -> BaseException | None:
+        try:
+            await conn.send_packed_command(resp_call(batch, self._publish, self._bulks), check_health=False)
+            try:
+                await conn.read_response()
+            except NoScriptError:  # a new or restarted server: the script's source, once
+                await conn.send_packed_command(resp_call(batch, self._publish, self._bulks, _EVAL),
+                                               check_health=False)
+                await conn.read_response()
+        except ResponseError as e:  # refused, its reply read: the connection is still in step
+            return e
+        except _REDIS_ERRORS as e:
+            await conn.disconnect(nowait=True)  # a reply may be left unread: start afresh
+            return e
+        except BaseException:
+            await conn.disconnect(nowait=True)  # cancelled mid-call: its reply would be taken for the next one's
+            raise
+        return None
+
+    async def _send_cluster(self, batch: list[Item]) -> tuple[int, BaseException | None]:
         calls = script_calls(batch, self.keyspace.publish)
         results = await asyncio.gather(*(self._script(keys=c.keys, args=c.args) for c in calls),
                                        return_exceptions=True)
@@ -186,12 +279,12 @@ class Publisher:
                     raise res
                 lost += call.messages
                 error = error or res
-        if lost < len(batch):
-            self.published += len(batch) - lost
-            self.batches += 1
-            if self.on_batch is not None:
-                self.on_batch(len(batch) - lost)
         return lost, error
+
+    async def aclose(self) -> None:
+        """Close our own connection (one server)."""
+        if self._conn is not None:
+            await self._conn.disconnect()
 
 
 def status_hash_fields(**fields: object) -> dict[str, str | int]:

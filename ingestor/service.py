@@ -106,7 +106,8 @@ class Ingestor:
         self.status_suffix = status_suffix
         self.parser = make_parser(exchange, settings)
         self.publisher = Publisher(redis, exchange, keyspace=settings.redis.keyspace,
-                                   status_key=feed_status_key(exchange, status_suffix))
+                                   status_key=feed_status_key(exchange, status_suffix),
+                                   linger_s=settings.ingestor.publish_linger_ms / 1000)
         self.stats = FeedStats()
         if endpoint is not None:
             planned: list[tuple[ConnectionPlan | None, Endpoint]] = [(None, endpoint)]
@@ -122,7 +123,8 @@ class Ingestor:
             sup = ConnectionSupervisor(name, ep, on_frame=self.on_frame, feeds=settings.feeds,
                                        connect_gate=self.gate.wait)
             link = Link(i, sup, plan)
-            sup.on_frame = self._frame_handler(link)
+            # One link is ``_current`` from the start: its frames skip the wrapper.
+            sup.on_frame = self.on_frame if len(planned) == 1 else self._frame_handler(link)
             sup.on_state = self._state_handler(link)
             self.links.append(link)
         self._current = self.links[0]  # the link whose frame is being handled
@@ -305,6 +307,8 @@ class Ingestor:
         self.publish_status(now_us())
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.publisher.flush(), 3.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.publisher.aclose(), 1.0)
         await asyncio.to_thread(self.recorder.stop)
 
     def stop(self) -> None:

@@ -173,6 +173,8 @@ class IngestorSettings(_Strict):
 
     shard: str = Field(default="", pattern=r"^([1-9][0-9]*/[1-9][0-9]*)?$")  # "i/n": the i-th of n (1-based)
     pairs: tuple[str, ...] = ()  # our symbols; "BTCUSDT,ETHUSDT" in the environment
+    # How long the publisher lets a batch gather after its first message (docs/ingestor.md "Publishing").
+    publish_linger_ms: float = Field(default=1.0, ge=0, le=20)
 
     @field_validator("pairs", mode="before")
     @classmethod

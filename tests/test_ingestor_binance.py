@@ -157,3 +157,23 @@ def test_real_capture_book_ticker_and_trade_frames(captures_dir: Path, tmp_path:
     d, m = first["trade"]
     assert m == Trade("binance", "BTCUSDT", "3735683259", Decimal("61837.63000000"), Decimal("0.02000000"), "sell",
                       1723161255342000, m.ts_recv_us)
+
+
+def test_cached_prices_and_sizes_are_the_same_values_and_refusals_still_hold() -> None:
+    """price()/size() remember accepted strings: a second look gives the same Decimal (digits kept), a size
+    accepted as "0" is still no price, and a full cache starts over."""
+    from ingestor import parsing
+
+    for _ in range(2):
+        assert str(parsing.price("64000.10")) == "64000.10" and str(parsing.size("0.00000000")) == "0E-8"
+    assert parsing.size("0") == 0
+    with pytest.raises(FrameError, match="absurd price"):
+        parsing.price("0")
+    with pytest.raises(FrameError, match="zero trade size"):
+        parsing.trade_size("0")
+    for bad in (["1"], {"a": 1}, 1, "1e3", " 1"):
+        with pytest.raises(FrameError, match="not a plain decimal"):
+            parsing.price(bad)
+    for i in range(parsing.CACHE_MAX + 10):
+        parsing.size(f"{i}.5")
+    assert len(parsing._SIZES) <= parsing.CACHE_MAX and parsing.size("3.5") == Decimal("3.5")

@@ -214,3 +214,40 @@ async def test_binary_and_text_frames_reach_the_handler(payload: str | bytes) ->
     async with scripted_server(handler) as srv, running(make(srv, rec)):
         await wait_for(lambda: bool(rec.frames), what="frame")
     assert rec.frames[0] == payload
+
+
+async def test_fragmented_messages_are_put_together_and_close_codes_reported() -> None:
+    """A message sent in fragments reaches the handler whole (text as str, binary as bytes); a close with an
+    application code (4000) is reported with it."""
+    async def handler(ws: ServerConnection) -> None:
+        if srv.connections == 1:
+            await ws.send(["{\"a\":", "\"dé\"}"])
+            await ws.send([b"\x00", b"\x01\x02"])
+            await ws.close(4000, "custom")
+        else:
+            await ws.wait_closed()
+
+    rec = Recorder()
+    async with scripted_server(handler) as srv, running(make(srv, rec)):
+        await wait_for(lambda: srv.connections >= 2, what="redial after the close")
+    assert rec.frames[:2] == ['{"a":"dé"}', b"\x00\x01\x02"]
+    assert any("code 4000" in r and "custom" in r for s, r in rec.states if s == "disconnected")
+
+
+async def test_invalid_utf8_text_ends_the_session_without_reaching_the_handler() -> None:
+    async def handler(ws: ServerConnection) -> None:
+        if srv.connections == 1:
+            from websockets.frames import Frame, Opcode
+
+            ws.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe"))  # websockets' send() would refuse it
+            ws.send_data()
+            await ws.wait_closed()
+        else:
+            await ws.send("fine")
+            await ws.wait_closed()
+
+    rec = Recorder()
+    async with scripted_server(handler) as srv, running(make(srv, rec)):
+        await wait_for(lambda: "fine" in rec.frames, what="the next connection's frame")
+    assert rec.frames == ["fine"]
+    assert any("invalid UTF-8" in r for s, r in rec.states if s == "disconnected"), [r for s, r in rec.states if s == "disconnected"]

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from ingestor.publisher import Publisher, script_calls
+from ingestor.publisher import _EVAL, _SCRIPT, _SHA, Publisher, bulk, resp_call, script_calls
 from shared import names
 from shared.redis_conn import connect_cluster
 from shared.schema import BBO, Book, FeedStatus, Trade, decode
@@ -86,6 +86,28 @@ async def test_run_loop_publishes_without_being_awaited(aredis: aioredis.Redis) 
         task.cancel()
 
 
+async def test_a_lingering_batch_gathers_what_arrives_meanwhile(aredis: aioredis.Redis) -> None:
+    """With a linger, the run loop waits that long after a first message: what arrives meanwhile goes in the
+    same call. (A long linger, so that nothing here depends on the machine's speed.)"""
+    pub = Publisher(aredis, "okx", linger_s=3.0)
+    task = asyncio.create_task(pub.run())
+    try:
+        pub.submit([bbo("100", 1)])
+        await asyncio.sleep(0.05)
+        assert pub.published == 0  # still gathering
+        pub.submit([bbo("100", 2), bbo("100", 3)])
+        for _ in range(1500):
+            if pub.published == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert pub.published == 3 and pub.batches == 1
+        assert decode(await aredis.get(names.md_last_key("bbo", "okx", "BTCUSDT"))).seq == 3  # type: ignore[union-attr]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pub.aclose()
+
+
 async def test_overflow_drops_oldest_and_redis_failure_does_not_raise(redis_url: str) -> None:
     dead = aioredis.Redis.from_url("redis://127.0.0.1:9/0", socket_connect_timeout=0.2)
     pub = Publisher(dead, "okx", max_pending=100)
@@ -111,6 +133,41 @@ def test_one_server_one_call_a_cluster_one_call_per_partition() -> None:
     assert one.keys == [b"x:{p1}", b"{p1}la"]  # routed by its slot's key, then the snapshot keys
     assert one.args == ["SPUBLISH", 2, 1, b"x:{p1}:a", b"1", b"x:{p1}:a", b"3", b"3"]
     assert two.keys == [b"x:{p2}"] and two.args == ["SPUBLISH", 2, 1, b"x:{p2}:b", b"2", b"x:{p2}:b", b"4"]
+
+
+def test_the_hand_built_call_is_the_bytes_redis_py_would_send() -> None:
+    """One server: ``resp_call`` writes the same EVALSHA (or EVAL) that ``script_calls`` describes, byte for byte as
+    redis-py packs it."""
+    from redis.asyncio.connection import Connection
+
+    pack = Connection().pack_command
+    batch = [(b"md:bbo:okx:BTCUSDT", b'{"a":1}', b"md:last:bbo:okx:BTCUSDT", b""), (b"t", b"2" * 300, None, b""),
+             (b"md:bbo:okx:BTCUSDT", b"\r\n$3", b"md:last:bbo:okx:BTCUSDT", b""), (b"b", b"", b"lb", b"")]
+    [call] = script_calls(batch, "PUBLISH")
+    bulks: dict[bytes, bytes] = {}
+    for _ in range(2):  # the second time from the cache of bulk strings
+        sent = b"".join(resp_call(batch, bulk(b"PUBLISH"), bulks))
+        assert sent == b"".join(pack("EVALSHA", _SHA.decode(), len(call.keys), *call.keys, *call.args))
+    sent = b"".join(resp_call(batch, bulk(b"PUBLISH"), bulks, _EVAL))
+    assert sent == b"".join(pack("EVAL", _SCRIPT, len(call.keys), *call.keys, *call.args))
+
+
+async def test_a_flushed_script_cache_costs_nothing(aredis: aioredis.Redis) -> None:
+    """A server that does not know the script (restarted, SCRIPT FLUSH) gets its source once; nothing is lost."""
+    ps = aredis.pubsub()
+    await ps.subscribe(names.md_channel("bbo", "okx", "BTCUSDT"))
+    pub = Publisher(aredis, "okx")
+    try:
+        for i in (1, 2):
+            await aredis.script_flush()
+            pub.submit([bbo("64000.1", i)])
+            await pub.flush()
+        got = await collect(ps, 2)
+        assert [decode(p).seq for _, p in got] == [1, 2]  # type: ignore[union-attr]
+        assert pub.published == 2 and pub.errors == 0 and pub.dropped == 0
+    finally:
+        await ps.aclose()
+        await pub.aclose()
 
 
 async def test_a_script_cannot_spublish_outside_the_masters_slots(cluster_url: str) -> None:
