@@ -65,6 +65,10 @@ RULE_REFUSALS: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/orders/{token_id}"): {"order_not_found", "order_not_open"},
     ("POST", "/register"): {"username_taken", "validation_error"},
     ("POST", "/login"): {"invalid_credentials", "rate_limited", "validation_error"},
+    # the fuzzed users exist only in their tokens: /me/password has no user to change (401 comes first)
+    ("PUT", "/me/password"): {"validation_error"},
+    ("POST", "/api-keys"): {"too_many_keys", "validation_error"},  # a key name must also be printable, unpadded
+    ("DELETE", "/api-keys/{key_id}"): {"key_not_found"},
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, field_validator
 from starlette.responses import Response
 
 from gateway.rest.body import api_router
@@ -27,7 +27,7 @@ class ApiKeyIn(StrictModel):
     scopes: list[Scope] = Field(min_length=1, max_length=2, examples=[["read", "trade"]],
                                 description="`read`: every GET and the WebSocket's streams; `trade` adds placing, "
                                             "modifying and cancelling orders and deposits (and implies `read`)")
-    expires_in_s: int | None = Field(default=None, ge=60, le=MAX_EXPIRES_IN_S,
+    expires_in_s: StrictInt | None = Field(default=None, ge=60, le=MAX_EXPIRES_IN_S,
                                      description="seconds until the key stops working; none: it never expires")
 
     @field_validator("name")
