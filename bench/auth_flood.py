@@ -131,7 +131,7 @@ def main() -> None:
           f"{args.seconds:g} s each, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     results: dict[str, Logins] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(tmp) as srv:
-        with gateway(srv.url, 4, LIFTED) as base:
+        with gateway(srv.url, args.rounds, LIFTED) as base:
             for u in users:
                 httpx.post(base + "/register", json={"username": u, "password": PASSWORD}, timeout=30).raise_for_status()
         for name, extra in CONFIGS.items():

@@ -395,3 +395,38 @@ async def test_token_cache_lives_as_long_as_the_token() -> None:
     c = cache.claims(tok, "s" * 40, now=now)
     assert cache._seen[(tok, "s" * 40)][1] == c.exp == int(now) + 3600
     assert cache.claims(tok, "s" * 40, now=now + 3000) is c  # a hit 50 minutes later: no second verification
+
+
+async def test_logins_wait_before_new_passwords_in_the_hashing_queue() -> None:
+    from gateway.services.accounts import PasswordHasher, _Slots
+
+    hasher = PasswordHasher(rounds=4, max_concurrent=1, max_waiting=16)
+    await hasher.start()
+    hashed = await hasher.hash("password-x")
+    done: list[str] = []
+
+    async def job(name: str, coro: Any) -> None:
+        await coro
+        done.append(name)
+
+    tasks = [asyncio.create_task(job(f"reg{i}", hasher.hash("password-y"))) for i in range(4)]
+    await asyncio.sleep(0)  # every registration queued (the first one running)
+    tasks.append(asyncio.create_task(job("login", hasher.verify("password-x", hashed))))
+    await asyncio.gather(*tasks)
+    assert done.index("login") <= 1, done  # at most the registration already running finished before it
+
+    # a waiter cancelled, before or after being handed the slot, never loses it
+    slots = _Slots(1)
+    await slots.acquire(1)
+    waiter = asyncio.create_task(slots.acquire(0))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    handed = asyncio.create_task(slots.acquire(1))
+    await asyncio.sleep(0)
+    slots.release()  # handed to ``handed``...
+    handed.cancel()  # ...which is cancelled before it runs: the slot goes back
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert slots.free == 1

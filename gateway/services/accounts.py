@@ -9,9 +9,12 @@ steps leaves only an unreachable record, never a name without a user.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,13 +37,46 @@ def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
     return out, time.perf_counter() - t0
 
 
+class _Slots:
+    """``n`` slots; waiters of priority 0 are served before any of priority 1, each priority in arrival order."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not any(self._waiting):
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[priority].append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting[priority].remove(fut)
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+                    return
+        self.free += 1
+
+
 class PasswordHasher:
     """bcrypt in worker threads, at most ``max_concurrent`` at once, so the event loop never waits on it.
 
     ``verify(password, None)`` checks against a dummy hash of the same cost, so an unknown user costs as
     much time as a wrong password. Beyond ``max_waiting`` queued hashes, callers get 503 at once, with a
-    ``Retry-After`` from the time the queue takes to drain; new passwords (registration) may fill only half
-    the queue, so logins keep a place during a registration flood.
+    ``Retry-After`` from the time the queue takes to drain. New passwords (registration, password change) may
+    fill only half the queue and wait behind every queued login, so a registration flood does not hold logins up.
     """
 
     def __init__(self, rounds: int, max_concurrent: int, max_waiting: int) -> None:
@@ -48,6 +84,7 @@ class PasswordHasher:
         self.max_concurrent = max_concurrent
         self.max_waiting = max_waiting
         self._limiter: anyio.CapacityLimiter | None = None
+        self._slots = _Slots(max_concurrent)
         self._dummy = b""
         self._inflight = 0  # running + queued; counted here because the limiter only sees tasks once they queue
         self.hash_s = 0.0  # running mean of one hash's wall time
@@ -61,22 +98,27 @@ class PasswordHasher:
         """Whole seconds for the queue as it is to drain (at least 1)."""
         return max(1, math.ceil(self._inflight * self.hash_s / self.max_concurrent))
 
-    async def _run(self, fn: Callable[..., T], *args: Any, share: float = 1.0) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, new_password: bool = False) -> T:
         assert self._limiter is not None, "PasswordHasher.start() not awaited"
+        share = 0.5 if new_password else 1.0
         if self._inflight >= self.max_concurrent + math.ceil(self.max_waiting * share):
             self.refused += 1
             raise DomainError("busy", "too many logins in progress; retry shortly",
                               retry_after_s=self.retry_after_s())
         self._inflight += 1
         try:
-            out, took = await anyio.to_thread.run_sync(_timed, fn, *args, limiter=self._limiter)
+            await self._slots.acquire(1 if new_password else 0)
+            try:
+                out, took = await anyio.to_thread.run_sync(_timed, fn, *args, limiter=self._limiter)
+            finally:
+                self._slots.release()
             self.hash_s = took if not self.hash_s else 0.8 * self.hash_s + 0.2 * took
             return out
         finally:
             self._inflight -= 1
 
     async def hash(self, password: str) -> bytes:
-        return await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds), share=0.5)
+        return await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds), new_password=True)
 
     async def verify(self, password: str, hashed: bytes | None) -> bool:
         pw = password.encode()
@@ -183,13 +225,13 @@ class LoginLimiter:
         await self._refund(keys=[names.login_fail_user_key(username)])
         await self._refund(keys=[names.login_fail_ip_key(ip)])
 
-    async def checked(self, limiter_user: str, ip: str, hasher: PasswordHasher, password: str,
+    async def checked(self, username: str, ip: str, hasher: PasswordHasher, password: str,
                       hashed: bytes | None) -> bool:
         """``hasher.verify`` of an attempt already counted, given back if the hasher refused it (503)."""
         try:
             return await hasher.verify(password, hashed)
         except DomainError:
-            await self.refund(limiter_user, ip)
+            await self.refund(username, ip)
             raise
 
     async def succeeded(self, username: str, ip: str) -> None:
