@@ -430,3 +430,35 @@ async def test_logins_wait_before_new_passwords_in_the_hashing_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await handed
     assert slots.free == 1
+
+
+async def test_state_is_read_once_for_concurrent_requests_and_again_after_a_change(redis_url: str) -> None:
+    from shared.redis_conn import connect_any
+    from tests.servers import make_settings
+
+    settings = make_settings(redis_url)
+    r = connect_any(redis_url, settings.redis.cluster)
+    creds = cr.Credentials(r, settings)
+    await creds.start()
+    reads = 0
+    real_read = creds._read
+
+    async def counted(user_id: str) -> cr.UserAuth:
+        nonlocal reads
+        reads += 1
+        return await real_read(user_id)
+
+    creds._read = counted  # type: ignore[method-assign]
+    try:
+        tok = tokens.issue("someone", settings.auth.jwt_secret, 600)
+        ps = await asyncio.gather(*(creds.authenticate(tok) for _ in range(50)))
+        assert {p.user_id for p in ps} == {"someone"} and reads == 1
+        await creds.authenticate(tok)
+        assert reads == 1  # kept: no round trip
+        await creds.logout(ps[0])
+        with pytest.raises(cr.DomainError) as e:
+            await creds.authenticate(tok)
+        assert e.value.code == "invalid_token" and reads == 2
+    finally:
+        await creds.stop()
+        await r.aclose()

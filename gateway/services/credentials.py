@@ -147,6 +147,12 @@ def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _retrieved(t: asyncio.Future[UserAuth]) -> None:
+    """A shared read whose every waiter went away still has its error looked at (no 'never retrieved' noise)."""
+    if not t.cancelled():
+        t.exception()
+
+
 # A logged-out token: its id with its expiry; expired ids pruned; the key lives as long as the last one.
 _REVOKE = """
 local now = tonumber(ARGV[3])
@@ -192,6 +198,7 @@ class Credentials:
                             on_resubscribed=self._on_resubscribed)
         self._tokens = tokens.VerifiedTokens()
         self._states: dict[str, UserAuth] = {}
+        self._loading: dict[str, asyncio.Future[UserAuth]] = {}
         self._version = 0  # bumped by every announcement: a read that overlapped one is not kept
         self._watchers: dict[str, set[Watcher]] = {}
         self._touched: dict[str, float] = {}
@@ -260,10 +267,22 @@ class Credentials:
         return p
 
     async def state(self, user_id: str, *, fresh: bool = False) -> UserAuth:
-        """``user_id``'s revocation state: the kept copy, or read (one round trip) and kept."""
+        """``user_id``'s revocation state: the kept copy, or read (one round trip, shared by the requests that
+        need it meanwhile) and kept."""
         held = self._states.get(user_id)
         if held is not None and not fresh and time.monotonic() < held.until:
             return held
+        task = None if fresh else self._loading.get(user_id)
+        if task is None:
+            task = asyncio.ensure_future(self._load(user_id))
+            task.add_done_callback(_retrieved)
+            if not fresh:
+                self._loading[user_id] = task
+                task.add_done_callback(lambda t: self._loading.pop(user_id, None) if self._loading.get(user_id) is t
+                                       else None)
+        return await asyncio.shield(task)
+
+    async def _load(self, user_id: str) -> UserAuth:
         version = self._version
         state = await self._read(user_id)
         if self._version == version:  # no announcement meanwhile: it may be kept
@@ -367,6 +386,7 @@ class Credentials:
     def _forget(self, user_id: str) -> None:
         self._version += 1
         self._states.pop(user_id, None)
+        self._loading.pop(user_id, None)  # a read in flight may predate the change: later requests read again
 
     def _on_message(self, channel: str, data: bytes) -> None:
         user_id = data.decode(errors="replace")
@@ -377,6 +397,7 @@ class Credentials:
     def _on_resubscribed(self) -> None:
         self._version += 1
         self._states.clear()
+        self._loading.clear()
         if self._watchers:
             self._spawn(self._recheck(list(self._watchers)))
 
