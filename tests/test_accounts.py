@@ -462,3 +462,27 @@ async def test_state_is_read_once_for_concurrent_requests_and_again_after_a_chan
     finally:
         await creds.stop()
         await r.aclose()
+
+
+async def test_an_expiring_key_stops_working_and_closes_its_socket(redis_url: str, aredis: aioredis.Redis) -> None:
+    import orjson
+
+    async with run_gateway(redis_url) as base, httpx.AsyncClient(base_url=base) as c:
+        tok, uid = await signup(c)
+        r = await c.post("/api-keys", json={"name": "short", "scopes": ["read"], "expires_in_s": 60},
+                         headers=bearer(tok))
+        assert r.status_code == 201 and r.json()["expires_us"] > r.json()["created_us"]
+        key = r.json()
+        # Sixty seconds are long for a test: the stored expiry is brought to 5 s from now, then announced as
+        # any change is (another key made), so the gateway reads it again.
+        rec = orjson.loads(await aredis.hget(names.api_keys_key(uid), key["id"]))
+        rec["expires_us"] = int((time.time() + 5) * 1e6)
+        await aredis.hset(names.api_keys_key(uid), key["id"], orjson.dumps(rec))
+        await new_key(c, tok, "read", name="other")
+        ws, cm = await authed_ws(base, key["key"], "message")
+        try:
+            assert await closed(ws, within=30) == (4001, "API key expired")
+        finally:
+            await cm.__aexit__(None, None, None)
+        r = await c.get("/me", headers=bearer(key["key"]))
+        assert r.status_code == 401 and r.json()["detail"] == "API key expired"

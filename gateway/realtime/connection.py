@@ -84,6 +84,7 @@ class Connection:
         self.settings = settings
         self.credentials = credentials
         self.principal: Principal | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         cfg = settings.ws
         self.queue = ClientQueue(cfg.queue_max, cfg.queue_hard_max)
         self.user_id: str | None = None
@@ -123,6 +124,12 @@ class Connection:
         self.credentials.unwatch(self)
         self.principal, self.user_id = p, p.user_id
         self.credentials.watch(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if p.kind == "key" and p.exp:  # a key given an expiry stops working then, open connections included
+            self._expiry = asyncio.get_running_loop().call_later(max(0.0, p.exp - time.time()), self.revoked,
+                                                                 "API key expired")
         return p
 
     def revoked(self, reason: str) -> None:
@@ -141,6 +148,8 @@ class Connection:
             await self._run()
         finally:
             self.credentials.unwatch(self)
+            if self._expiry is not None:
+                self._expiry.cancel()
             metrics.WS_CONNECTIONS.dec()
             if self.queue.failed is not None and self.queue.failed[0] in (CLOSE_SLOW, CLOSE_CRITICAL_OVERFLOW):
                 metrics.WS_SLOW_CLOSES.labels(str(self.queue.failed[0])).inc()

@@ -61,7 +61,7 @@ class Principal:
     cred_id: str  # the token's revocation id, or the key id
     scopes: frozenset[str]
     gen: int = 0
-    exp: float = 0.0  # a token's expiry (epoch s)
+    exp: float = 0.0  # a token's expiry, or an API key's (epoch s; 0: none)
 
     def can(self, scope: str) -> bool:
         return scope in self.scopes
@@ -253,7 +253,8 @@ class Credentials:
         found = state.keys.get(kid)
         if found is None or not hmac.compare_digest(found.digest, digest(secret)):
             raise DomainError("invalid_token", "unknown or deleted API key")
-        p = Principal(user_id=user_id, kind="key", cred_id=kid, scopes=effective_scopes(found.scopes))
+        p = Principal(user_id=user_id, kind="key", cred_id=kid, scopes=effective_scopes(found.scopes),
+                      exp=0.0 if found.expires_us is None else found.expires_us / 1e6)
         why = why_revoked(p, state, now_us())
         if why is not None:
             raise DomainError("invalid_token", why)
