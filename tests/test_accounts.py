@@ -15,7 +15,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.services import credentials as cr
+from gateway.services import principals as pr
 from shared import names, tokens
+from shared.errors import DomainError
 from tests.gateway_proc import gateway_process
 from tests.servers import run_gateway
 from tests.wsclient import Client, ws_url
@@ -79,22 +81,22 @@ async def authed_ws(base: str, credential: str, how: str) -> tuple[Client, Any]:
 
 
 def test_key_format_and_revocation_rules() -> None:
-    kid, secret, whole = cr.new_key("ab" * 16)
-    assert cr.parse_key(whole) == ("ab" * 16, kid, secret)
+    kid, secret, whole = pr.new_key("ab" * 16)
+    assert pr.parse_key(whole) == ("ab" * 16, kid, secret)
     for bad in ("", "srk_", whole + "x", whole.replace("srk_", "srx_"), whole[:-1], "srk_" + "g" * 32 + whole[36:]):
-        assert cr.parse_key(bad) is None
-    assert cr.effective_scopes(["trade"]) == {"read", "trade"} and cr.effective_scopes(["read"]) == {"read"}
-    key = cr.ApiKey(id=kid, name="n", scopes=("read",), created_us=1, expires_us=100, digest=cr.digest(secret))
-    assert cr.ApiKey.from_json(key.to_json()) == key
-    state = cr.UserAuth(gen=2, revoked=frozenset({"j1"}), keys={kid: key}, until=0)
-    tok = cr.Principal("u", "token", "j2", frozenset(cr.SCOPES), gen=2)
-    assert cr.why_revoked(tok, state, 50) is None
-    assert "password" in (cr.why_revoked(cr.Principal("u", "token", "j2", frozenset(), gen=1), state, 50) or "")
-    assert "logged out" in (cr.why_revoked(cr.Principal("u", "token", "j1", frozenset(), gen=2), state, 50) or "")
-    pk = cr.Principal("u", "key", kid, frozenset({"read"}))
-    assert cr.why_revoked(pk, state, 50) is None
-    assert cr.why_revoked(pk, state, 100) == "API key expired"
-    assert cr.why_revoked(cr.Principal("u", "key", "other", frozenset()), state, 50) == "API key deleted"
+        assert pr.parse_key(bad) is None
+    assert pr.effective_scopes(["trade"]) == {"read", "trade"} and pr.effective_scopes(["read"]) == {"read"}
+    key = pr.ApiKey(id=kid, name="n", scopes=("read",), created_us=1, expires_us=100, digest=pr.digest(secret))
+    assert pr.ApiKey.from_json(key.to_json()) == key
+    state = pr.UserAuth(gen=2, revoked=frozenset({"j1"}), keys={kid: key}, until=0)
+    tok = pr.Principal("u", "token", "j2", frozenset(pr.SCOPES), gen=2)
+    assert pr.why_revoked(tok, state, 50) is None
+    assert "password" in (pr.why_revoked(pr.Principal("u", "token", "j2", frozenset(), gen=1), state, 50) or "")
+    assert "logged out" in (pr.why_revoked(pr.Principal("u", "token", "j1", frozenset(), gen=2), state, 50) or "")
+    pk = pr.Principal("u", "key", kid, frozenset({"read"}))
+    assert pr.why_revoked(pk, state, 50) is None
+    assert pr.why_revoked(pk, state, 100) == "API key expired"
+    assert pr.why_revoked(pr.Principal("u", "key", "other", frozenset()), state, 50) == "API key deleted"
 
 
 # -- logout and password, one gateway --------------------------------------------------------------------------
@@ -242,9 +244,9 @@ async def test_api_keys_scopes_and_listing(redis_url: str, aredis: aioredis.Redi
 
     # only the hash is stored
     stored = b"".join(v for v in (await aredis.hgetall(names.api_keys_key(uid))).values())
-    parsed = cr.parse_key(trade["key"])
+    parsed = pr.parse_key(trade["key"])
     assert parsed is not None
-    assert parsed[2].encode() not in stored and cr.digest(parsed[2]).encode() in stored
+    assert parsed[2].encode() not in stored and pr.digest(parsed[2]).encode() in stored
     assert read["id"].encode() not in b"".join(await aredis.hkeys(names.api_keys_key(uid)))
     assert read["id"].encode() not in b"".join(await aredis.hkeys(names.api_keys_used_key(uid)))
 
@@ -329,6 +331,12 @@ async def test_revocation_reaches_the_other_gateway(redis_url: str, tmp_path: Pa
                 # a key made on A is accepted on B at once
                 fresh = await new_key(a, r.json()["access_token"], "trade")
                 assert (await b.get("/me", headers=bearer(fresh["key"]))).json()["id"] == uid
+                # what each gateway counted
+                assert ga.metric("sr_gateway_revocations_total", kind="logout") == 1
+                assert ga.metric("sr_gateway_revocations_total", kind="key_deleted") == 1
+                assert gb.metric("sr_gateway_revocations_total", kind="password") == 1
+                assert gb.metric("sr_gateway_ws_revoked_closes_total") == 3
+                assert ga.metric("sr_gateway_ws_revoked_closes_total") == 0
             finally:
                 for cm in (cm_tok, cm_other, cm_key):
                     await cm.__aexit__(None, None, None)
@@ -443,7 +451,7 @@ async def test_state_is_read_once_for_concurrent_requests_and_again_after_a_chan
     reads = 0
     real_read = creds._read
 
-    async def counted(user_id: str) -> cr.UserAuth:
+    async def counted(user_id: str) -> pr.UserAuth:
         nonlocal reads
         reads += 1
         return await real_read(user_id)
@@ -456,7 +464,7 @@ async def test_state_is_read_once_for_concurrent_requests_and_again_after_a_chan
         await creds.authenticate(tok)
         assert reads == 1  # kept: no round trip
         await creds.logout(ps[0])
-        with pytest.raises(cr.DomainError) as e:
+        with pytest.raises(DomainError) as e:
             await creds.authenticate(tok)
         assert e.value.code == "invalid_token" and reads == 2
     finally:

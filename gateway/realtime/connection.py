@@ -24,7 +24,8 @@ from gateway import jsonio, metrics
 from gateway.realtime.protocol import MARKET_STREAMS, Spec, Subscription, parse_spec, parse_topic
 from gateway.realtime.queue import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
 from gateway.realtime.server import frame_sink
-from gateway.services.credentials import Credentials, Principal
+from gateway.services.credentials import Credentials
+from gateway.services.principals import Principal
 from shared.errors import DomainError
 from shared.settings import Settings
 from shared.timeutil import now_us
@@ -133,6 +134,8 @@ class Connection:
         return p
 
     def revoked(self, reason: str) -> None:
+        if self.queue.failed is None:
+            metrics.WS_REVOKED_CLOSES.inc()
         self.queue.close(CLOSE_REVOKED, reason)
 
     def require(self, scope: str) -> None:

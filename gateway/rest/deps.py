@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from gateway.services.accounts import LoginLimiter, PasswordHasher, RegistrationLimiter, UserStore
-from gateway.services.credentials import Credentials, Principal
+from gateway.services.credentials import Credentials
+from gateway.services.principals import Principal
 from gateway.services.trading import Trading
 from shared.errors import DomainError
 from shared.settings import Settings

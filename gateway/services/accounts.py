@@ -24,6 +24,7 @@ import anyio.to_thread
 import bcrypt
 import redis.asyncio as aioredis
 
+from gateway import metrics
 from shared import names
 from shared.errors import DomainError
 
@@ -103,6 +104,7 @@ class PasswordHasher:
         share = 0.5 if new_password else 1.0
         if self._inflight >= self.max_concurrent + math.ceil(self.max_waiting * share):
             self.refused += 1
+            metrics.AUTH_REFUSALS.labels("hashing_queue_full").inc()
             raise DomainError("busy", "too many logins in progress; retry shortly",
                               retry_after_s=self.retry_after_s())
         self._inflight += 1
@@ -260,5 +262,6 @@ class RegistrationLimiter:
 
     def _refuse(self, where: str, ttl: int) -> None:
         self.refused += 1
+        metrics.AUTH_REFUSALS.labels("registration_limit").inc()
         wait = max(1, ttl)
         raise DomainError("rate_limited", f"too many registrations {where}; retry in {wait} s", retry_after_s=wait)

@@ -22,20 +22,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
 import math
-import re
-import secrets
 import time
-from collections.abc import Coroutine, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
 
+from gateway import metrics
+from gateway.services.principals import (
+    KEY_PREFIX,
+    SCOPES,
+    ApiKey,
+    Principal,
+    UserAuth,
+    Watcher,
+    digest,
+    effective_scopes,
+    new_key,
+    parse_key,
+    why_revoked,
+)
 from shared import names, tokens
 from shared.errors import DomainError
 from shared.pubsub import RedisHub
@@ -45,102 +55,8 @@ from shared.timeutil import now_us
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("read", "trade")
-KEY_PREFIX = "srk_"
-_KEY = re.compile(r"srk_([0-9a-f]{32})_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 MAX_USERS_CACHED = 100_000
 TOUCH_EVERY_S = 60.0  # an API key's ``last_used_us`` is written at most this often per gateway
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: a token (every scope) or an API key (its scopes)."""
-
-    user_id: str
-    kind: Literal["token", "key"]
-    cred_id: str  # the token's revocation id, or the key id
-    scopes: frozenset[str]
-    gen: int = 0
-    exp: float = 0.0  # a token's expiry, or an API key's (epoch s; 0: none)
-
-    def can(self, scope: str) -> bool:
-        return scope in self.scopes
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    id: str
-    name: str
-    scopes: tuple[str, ...]
-    created_us: int
-    expires_us: int | None
-    digest: str  # sha256 of the secret, hex
-
-    def to_json(self) -> bytes:
-        return orjson.dumps({"id": self.id, "name": self.name, "scopes": list(self.scopes),
-                             "created_us": self.created_us, "expires_us": self.expires_us, "digest": self.digest})
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> ApiKey:
-        o = orjson.loads(raw)
-        return cls(id=str(o["id"]), name=str(o["name"]), scopes=tuple(str(s) for s in o["scopes"]),
-                   created_us=int(o["created_us"]),
-                   expires_us=None if o.get("expires_us") is None else int(o["expires_us"]), digest=str(o["digest"]))
-
-
-@dataclass(frozen=True, slots=True)
-class UserAuth:
-    """One user's revocation state as a gateway last read it."""
-
-    gen: int
-    revoked: frozenset[str]
-    keys: Mapping[str, ApiKey]
-    until: float  # monotonic time after which it is read again
-
-
-class Watcher(Protocol):
-    """An open connection authenticated as ``principal``; ``revoked`` is called when its credential is gone."""
-
-    principal: Principal | None
-
-    def revoked(self, reason: str) -> None: ...
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def new_key(user_id: str) -> tuple[str, str, str]:
-    """A new key's id, its secret and the whole key (shown once)."""
-    kid, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    return kid, secret, f"{KEY_PREFIX}{user_id}_{kid}_{secret}"
-
-
-def parse_key(key: str) -> tuple[str, str, str] | None:
-    m = _KEY.fullmatch(key)
-    return (m[1], m[2], m[3]) if m else None
-
-
-def effective_scopes(scopes: Iterable[str]) -> frozenset[str]:
-    """``trade`` includes ``read``."""
-    s = frozenset(scopes)
-    return s | {"read"} if "trade" in s else s
-
-
-def why_revoked(p: Principal, state: UserAuth, now_us_: int) -> str | None:
-    """Why ``p`` no longer authenticates against ``state``, or None."""
-    if p.kind == "token":
-        if p.gen < state.gen:
-            return "token revoked: the password was changed"
-        if p.cred_id in state.revoked:
-            return "token revoked (logged out)"
-        return None
-    key = state.keys.get(p.cred_id)
-    if key is None:
-        return "API key deleted"
-    if key.expires_us is not None and key.expires_us <= now_us_:
-        return "API key expired"
-    return None
 
 
 def _text(v: bytes | str) -> str:
@@ -314,10 +230,11 @@ class Credentials:
 
     # -- changes -----------------------------------------------------------------------------------
 
-    async def announce(self, user_id: str) -> None:
+    async def announce(self, user_id: str, kind: str) -> None:
         """Every gateway (this one included, at once) forgets what it kept of ``user_id``."""
         self._forget(user_id)
         self.announcements += 1
+        metrics.REVOCATIONS.labels(kind).inc()
         await self.redis.execute_command("SPUBLISH" if self.settings.redis.cluster else "PUBLISH",
                                          names.REVOCATIONS_CHANNEL, user_id)
 
@@ -325,14 +242,14 @@ class Credentials:
         """``p``'s token revoked until it expires."""
         await self._revoke(keys=[names.revoked_tokens_key(p.user_id)],
                            args=[p.cred_id, math.ceil(p.exp), int(time.time())])
-        await self.announce(p.user_id)
+        await self.announce(p.user_id, "logout")
 
     async def set_password(self, user_id: str, pw_hash: bytes) -> int:
         """The new hash stored and the user's token generation raised (every older token revoked): the new one."""
         gen = int(await self._new_password(keys=[names.user_key(user_id)], args=[pw_hash]))
         if gen < 0:
             raise DomainError("invalid_token", "the token's user no longer exists")
-        await self.announce(user_id)
+        await self.announce(user_id, "password")
         return gen
 
     async def add_key(self, user_id: str, name: str, scopes: Iterable[str],
@@ -345,7 +262,7 @@ class Credentials:
         limit = self.settings.auth.api_keys_per_user
         if not await self._add_key(keys=[names.api_keys_key(user_id)], args=[kid, key.to_json(), limit]):
             raise DomainError("too_many_keys", f"at most {limit} API keys per user: delete one first")
-        await self.announce(user_id)
+        await self.announce(user_id, "key_created")
         return key, whole
 
     async def keys(self, user_id: str) -> list[tuple[ApiKey, int | None]]:
@@ -367,7 +284,7 @@ class Credentials:
                                       args=[kid])
         if not gone:
             raise DomainError("key_not_found", f"no API key {kid[:40]!r}")
-        await self.announce(user_id)
+        await self.announce(user_id, "key_deleted")
 
     # -- open connections --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from gateway.rest.body import api_router
 from gateway.rest.deps import CredentialsDep, SessionDep
 from gateway.rest.errors import error_responses
 from gateway.rest.models import OutModel
-from gateway.services.credentials import ApiKey
+from gateway.services.principals import ApiKey
 from gateway.services.requests import StrictModel
 
 router = api_router(tags=["api keys"])
