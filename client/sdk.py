@@ -347,6 +347,12 @@ class Stream:
         with contextlib.suppress(BaseException):
             await self._reader
 
+    async def wait_closed(self) -> StreamClosed:
+        """Wait until the connection ends; why it did (``code``, ``reason``: e.g. 4001 ``API key deleted``)."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._reader)
+        return self._error or StreamClosed(self.conn.close_code, self.conn.close_reason or "connection closed")
+
     # -- requests ----------------------------------------------------------------------------------
 
     async def request(self, action: str, **fields: Any) -> Json:
