@@ -43,7 +43,7 @@ CLUSTER_SUITES = tests/test_trading_api.py tests/test_trading_ws.py tests/test_g
 	tests/test_amounts_json.py tests/test_gateway_health.py tests/test_openapi_info.py tests/test_trading_concurrency.py \
 	tests/test_hostile_http.py tests/test_fuzz_rest.py tests/test_fuzz_rest_nasty.py tests/test_fuzz_ws.py \
 	tests/test_ws_abuse.py tests/test_ledger_model.py tests/test_matcher.py tests/test_matcher_shards.py tests/test_book_stream.py \
-	tests/test_rest_fast.py
+	tests/test_rest_fast.py tests/test_accounts.py
 test-cluster: $(STAMP)
 	SR_TEST_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_SUITES)
 

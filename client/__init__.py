@@ -1,6 +1,7 @@
 """Python SDK for Simple Router's REST and WebSocket API (``docs/client.md``)."""
 
 from client.models import (
+    ApiKey,
     Balance,
     BestTouch,
     Book,
@@ -22,6 +23,6 @@ from client.sdk import ApiError, SimpleRouterClient, Stream, StreamClosed, Subsc
 from client.sync import SyncClient
 
 __all__ = [
-    "ApiError", "Balance", "BestTouch", "Book", "BookLevel", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page", "Resync",
+    "ApiError", "ApiKey", "Balance", "BestTouch", "Book", "BookLevel", "Ewma", "Fill", "Info", "Kline", "Message", "Order", "OrderEvent", "Page", "Resync",
     "SimpleRouterClient", "Stream", "StreamClosed", "Subscription", "SymbolInfo", "SyncClient", "Trade", "User",
 ]

@@ -6,9 +6,14 @@
     python -m client watch ewma BTCUSDT --half-life 30
     python -m client orders [--status open]
     python -m client balance
+    python -m client keys create my-bot --scope read --scope trade [--expires-in 86400]
+    python -m client keys list
+    python -m client keys delete <id>
+    python -m client password            # new password from SR_NEW_PASSWORD, --new-password or a prompt
 
-Credentials: ``SR_USER`` / ``SR_PASSWORD`` or ``--user`` / ``--password`` (``--register`` creates the account
-when it does not exist). ``--count N`` stops after N updates and ``--seconds S`` after S seconds. On a terminal
+Credentials: an API key in ``SR_API_KEY`` (or ``--api-key``), else ``SR_USER`` / ``SR_PASSWORD`` or ``--user`` /
+``--password`` (``--register`` creates the account when it does not exist); the token of such a login is
+revoked (``POST /logout``) when the command ends. ``keys`` and ``password`` need the username and password. ``--count N`` stops after N updates and ``--seconds S`` after S seconds. On a terminal
 the table is redrawn in place; otherwise each update is printed below the previous one.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
 import sys
 import time
@@ -29,10 +35,11 @@ from typing import Any
 import httpx
 
 from client.demo import default_url
-from client.models import Balance, BestTouch, Ewma, Kline, Order, StreamMessage, Trade
-from client.sdk import ApiError, SimpleRouterClient, StreamClosed, Subscription
+from client.models import ApiKey, Balance, BestTouch, Ewma, Kline, Order, StreamMessage, Trade
+from client.sdk import API_KEY_ENV, ApiError, SimpleRouterClient, StreamClosed, Subscription
 
 CLEAR = "\033[H\033[2J"
+API_KEY_PREFIX = "srk_"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: frozenset[int] = frozenset()) -> str:
@@ -121,10 +128,14 @@ class Screen:
         sys.stdout.flush()
 
 
-async def _client(args: argparse.Namespace) -> SimpleRouterClient:
+async def _client(args: argparse.Namespace, *, key_ok: bool = True) -> SimpleRouterClient:
+    key = (args.api_key or os.environ.get(API_KEY_ENV)) if key_ok else None
+    if key:
+        return SimpleRouterClient(args.url, api_key=key)
     user, password = args.user or os.environ.get("SR_USER"), args.password or os.environ.get("SR_PASSWORD")
     if not user or not password:
-        raise SystemExit("credentials needed: set SR_USER and SR_PASSWORD (or --user / --password)")
+        raise SystemExit(f"credentials needed: set {API_KEY_ENV}, or SR_USER and SR_PASSWORD (or --api-key, or "
+                         "--user / --password)")
     c = SimpleRouterClient(args.url)
     try:
         await c.login(user, password)
@@ -134,6 +145,16 @@ async def _client(args: argparse.Namespace) -> SimpleRouterClient:
             raise
         await c.register(user, password)
     return c
+
+
+async def _close(c: SimpleRouterClient) -> None:
+    """Revoke the command's own login (an API key stays), then close."""
+    try:
+        if c.token and not c.token.startswith(API_KEY_PREFIX):  # a token here is always this command's login
+            with contextlib.suppress(ApiError, httpx.HTTPError):
+                await c.logout()
+    finally:
+        await c.aclose()
 
 
 def _done(screen: Screen, args: argparse.Namespace, t0: float) -> bool:
@@ -181,7 +202,7 @@ async def watch(args: argparse.Namespace) -> None:
                 for p in pumps:
                     p.cancel()
     finally:
-        await c.aclose()
+        await _close(c)
 
 
 async def poll(args: argparse.Namespace) -> None:
@@ -201,7 +222,43 @@ async def poll(args: argparse.Namespace) -> None:
                 return
             await asyncio.sleep(args.every)
     finally:
-        await c.aclose()
+        await _close(c)
+
+
+KEY_HEADERS = ("id", "name", "scopes", "created", "expires", "last used")
+
+
+def key_rows(keys: Sequence[ApiKey]) -> list[list[Any]]:
+    def when(us: int | None) -> str:
+        return "-" if us is None else datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M")
+    return [[k.id, k.name, ",".join(k.scopes), when(k.created_us), when(k.expires_us), when(k.last_used_us)]
+            for k in keys]
+
+
+async def keys(args: argparse.Namespace) -> None:
+    c = await _client(args, key_ok=False)
+    try:
+        if args.action == "create":
+            k = await c.create_api_key(args.name, args.scope or ["read"], expires_in_s=args.expires_in)
+            print(table(KEY_HEADERS, key_rows([k])))
+            print(f"\nthe key, shown this once (export {API_KEY_ENV}=...):\n{k.key}")
+        elif args.action == "delete":
+            await c.delete_api_key(args.id)
+            print(f"deleted {args.id}")
+        else:
+            print(table(KEY_HEADERS, key_rows(await c.api_keys())))
+    finally:
+        await _close(c)
+
+
+async def password(args: argparse.Namespace) -> None:
+    new = args.new_password or os.environ.get("SR_NEW_PASSWORD") or getpass.getpass("new password: ")
+    c = await _client(args, key_ok=False)
+    try:
+        await c.change_password(args.password or os.environ.get("SR_PASSWORD") or "", new)
+        print("password changed: every earlier token is revoked")
+    finally:
+        await _close(c)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -209,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--url", default=default_url(), help="gateway base URL (default: SR_URL or PORT)")
     common.add_argument("--user", help="username (default: SR_USER)")
     common.add_argument("--password", help="password (default: SR_PASSWORD)")
+    common.add_argument("--api-key", dest="api_key", help=f"an API key instead of a login (default: {API_KEY_ENV})")
     common.add_argument("--register", action="store_true", help="create the account if it does not exist")
     common.add_argument("--count", type=int, help="stop after this many updates")
     common.add_argument("--seconds", type=float, help="stop after this many seconds")
@@ -227,6 +285,17 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--every", type=float, default=1.0, help="seconds between refreshes")
     b = sub.add_parser("balance", parents=[common], help="your balances, refreshed")
     b.add_argument("--every", type=float, default=1.0, help="seconds between refreshes")
+    k = sub.add_parser("keys", help="your API keys (needs the username and password)")
+    ka = k.add_subparsers(dest="action", required=True)
+    ka.add_parser("list", parents=[common], help="every key, never the secret")
+    kc = ka.add_parser("create", parents=[common], help="a new key, printed once")
+    kc.add_argument("name")
+    kc.add_argument("--scope", action="append", choices=["read", "trade"], help="read (default) and/or trade")
+    kc.add_argument("--expires-in", dest="expires_in", type=int, help="seconds until it stops working")
+    kd = ka.add_parser("delete", parents=[common], help="revoke a key at once")
+    kd.add_argument("id")
+    pw = sub.add_parser("password", parents=[common], help="change the password (revokes every earlier token)")
+    pw.add_argument("--new-password", dest="new_password", help="default: SR_NEW_PASSWORD, else a prompt")
     return ap
 
 
@@ -237,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "watch" and args.stream == "ewma" and not args.half_life:
         args.half_life = "30"
     try:
-        asyncio.run(watch(args) if args.command == "watch" else poll(args))
+        run = {"watch": watch, "keys": keys, "password": password}.get(args.command, poll)
+        asyncio.run(run(args))
     except ApiError as e:
         print(f"error: {e.status or 'ws'} {e.code}: {e.detail}", file=sys.stderr)
         return 1

@@ -74,6 +74,25 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as ``GET /api-keys`` lists it; ``key`` (the secret itself) only in the answer that made it."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]
+    created_us: int
+    expires_us: int | None
+    last_used_us: int | None
+    key: str | None = None
+
+    @classmethod
+    def from_json(cls, o: Json) -> ApiKey:
+        return cls(o["id"], o["name"], tuple(o["scopes"]), int(o["created_us"]),
+                   None if o.get("expires_us") is None else int(o["expires_us"]),
+                   None if o.get("last_used_us") is None else int(o["last_used_us"]), o.get("key"))
+
+
+@dataclass(frozen=True, slots=True)
 class SymbolInfo:
     symbol: str
     base: str

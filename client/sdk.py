@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Generator
@@ -23,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from client.models import (
+    ApiKey,
     Balance,
     BestTouch,
     Book,
@@ -100,15 +102,26 @@ def _modify_body(price: Number | None, quantity: Number | None) -> Json:
     return body
 
 
+API_KEY_ENV = "SR_API_KEY"
+
+
 class SimpleRouterClient:
-    """REST calls are methods; ``stream()`` opens the WebSocket. ``login``/``register`` keep the token."""
+    """REST calls are methods; ``stream()`` opens the WebSocket. ``login``/``register`` keep the token.
+
+    A program can use an API key instead of a login (``api_key=``, or ``SimpleRouterClient.from_env()`` for the
+    key in ``SR_API_KEY``): it is sent where a token would be, on REST and on the WebSocket."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, token: str | None = None,
-                 timeout: float = 10.0) -> None:
+                 api_key: str | None = None, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token
+        self.token = token or api_key
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, base_url: str = "http://127.0.0.1:8000", **kw: Any) -> SimpleRouterClient:
+        """A client with the API key of ``SR_API_KEY`` (none when unset: log in then)."""
+        return cls(base_url, api_key=os.environ.get(API_KEY_ENV) or None, **kw)
 
     async def __aenter__(self) -> SimpleRouterClient:
         return self
@@ -150,6 +163,31 @@ class SimpleRouterClient:
 
     async def me(self) -> User:
         return User.from_json(await self.request("GET", "/me"))
+
+    async def logout(self) -> None:
+        """Revoke the client's token on every gateway (its WebSockets are closed with 4001) and forget it."""
+        await self.request("POST", "/logout")
+        self.token = None
+
+    async def change_password(self, current: str, new: str) -> str:
+        """Every token issued before is revoked; the client keeps the new one the answer carries."""
+        out = await self.request("PUT", "/me/password", json={"current_password": current, "new_password": new})
+        self.token = out["access_token"]
+        return self.token
+
+    async def create_api_key(self, name: str, scopes: tuple[str, ...] | list[str] = ("read",), *,
+                             expires_in_s: int | None = None) -> ApiKey:
+        """A new key (``.key`` holds it, shown this once). Scopes: ``read``, ``trade`` (implies read)."""
+        body: Json = {"name": name, "scopes": list(scopes)}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        return ApiKey.from_json(await self.request("POST", "/api-keys", json=body))
+
+    async def api_keys(self) -> list[ApiKey]:
+        return [ApiKey.from_json(k) for k in await self.request("GET", "/api-keys")]
+
+    async def delete_api_key(self, key_id: str) -> None:
+        await self.request("DELETE", f"/api-keys/{key_id}")
 
     async def info(self) -> Info:
         return Info.from_json(await self.request("GET", "/info"))
@@ -309,6 +347,12 @@ class Stream:
         await self.conn.close()
         with contextlib.suppress(BaseException):
             await self._reader
+
+    async def wait_closed(self) -> StreamClosed:
+        """Wait until the connection ends; why it did (``code``, ``reason``: e.g. 4001 ``API key deleted``)."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._reader)
+        return self._error or StreamClosed(self.conn.close_code, self.conn.close_reason or "connection closed")
 
     # -- requests ----------------------------------------------------------------------------------
 

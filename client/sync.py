@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, Generic, TypeVar
 
 from client.models import (
+    ApiKey,
     Balance,
     BestTouch,
     Book,
@@ -30,7 +32,7 @@ from client.models import (
     Trade,
     User,
 )
-from client.sdk import Number, SimpleRouterClient, Stream, Subscription
+from client.sdk import API_KEY_ENV, Number, SimpleRouterClient, Stream, Subscription
 
 T = TypeVar("T")
 
@@ -61,9 +63,14 @@ class SyncClient:
     """The same methods as ``SimpleRouterClient``, blocking."""
 
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, token: str | None = None,
-                 timeout: float = 10.0) -> None:
+                 api_key: str | None = None, timeout: float = 10.0) -> None:
         self._loop = _Loop()
-        self.aio = SimpleRouterClient(base_url, token=token, timeout=timeout)
+        self.aio = SimpleRouterClient(base_url, token=token, api_key=api_key, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, base_url: str = "http://127.0.0.1:8000", **kw: Any) -> SyncClient:
+        """A client with the API key of ``SR_API_KEY`` (none when unset: log in then)."""
+        return cls(base_url, api_key=os.environ.get(API_KEY_ENV) or None, **kw)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -91,6 +98,22 @@ class SyncClient:
 
     def me(self) -> User:
         return self._run(self.aio.me())
+
+    def logout(self) -> None:
+        self._run(self.aio.logout())
+
+    def change_password(self, current: str, new: str) -> str:
+        return self._run(self.aio.change_password(current, new))
+
+    def create_api_key(self, name: str, scopes: tuple[str, ...] | list[str] = ("read",), *,
+                       expires_in_s: int | None = None) -> ApiKey:
+        return self._run(self.aio.create_api_key(name, scopes, expires_in_s=expires_in_s))
+
+    def api_keys(self) -> list[ApiKey]:
+        return self._run(self.aio.api_keys())
+
+    def delete_api_key(self, key_id: str) -> None:
+        self._run(self.aio.delete_api_key(key_id))
 
     def info(self) -> Info:
         return self._run(self.aio.info())

@@ -18,8 +18,9 @@ from gateway.realtime.streams import MarketData
 from gateway.rest import dashboard, errors, openapi
 from gateway.rest.body import BodyLimitMiddleware, JsonRoute
 from gateway.rest.fast import FastPlace
-from gateway.rest.routes import auth, balance, fills, health, info, orders
-from gateway.services.accounts import LoginLimiter, PasswordHasher, UserStore
+from gateway.rest.routes import api_keys, auth, balance, fills, health, info, orders
+from gateway.services.accounts import LoginLimiter, PasswordHasher, RegistrationLimiter, UserStore
+from gateway.services.credentials import Credentials
 from gateway.services.order_events import OrderEvents
 from gateway.services.trading import Trading
 from shared import gctune, ledger_store, names, tokens
@@ -90,6 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.users = UserStore(app.state.redis)
         app.state.login_limiter = LoginLimiter(app.state.redis, auth_cfg.login_failures_per_user,
                                                auth_cfg.login_failures_per_ip, auth_cfg.login_failure_window_s)
+        app.state.registration_limiter = RegistrationLimiter(
+            app.state.redis, auth_cfg.registrations_per_ip, auth_cfg.registration_ip_window_s,
+            auth_cfg.registrations_global, auth_cfg.registration_global_window_s)
+        app.state.credentials = Credentials(app.state.redis, app.state.settings)
+        await app.state.credentials.start()
         # One core stays free for the event loop: hashes queue rather than starve market data.
         hashes = auth_cfg.max_concurrent_hashes or max(1, (os.cpu_count() or 2) - 1)
         app.state.hasher = PasswordHasher(auth_cfg.bcrypt_rounds, hashes, auth_cfg.max_waiting_hashes)
@@ -108,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reporter.cancel()
             metrics.report_queue_stats()
             await app.state.order_events.stop()
+            await app.state.credentials.stop()
             await app.state.market.stop()
             await app.state.redis.aclose()
             metrics.worker_exit()
@@ -123,8 +130,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.HttpMetricsMiddleware)  # outermost: times everything, 413s included
     # The routers' routes go on the application's own router, ahead of the docs pages: an included router is
     # matched through a layer of its own on every request (FastAPI >= 0.160), which /health paid for.
-    app.router.routes[0:0] = [route for router in (health.router, auth.router, info.router, balance.router,
-                                                   orders.router, fills.router, connection.router)
+    app.router.routes[0:0] = [route for router in (health.router, auth.router, api_keys.router, info.router,
+                                                   balance.router, orders.router, fills.router, connection.router)
                               for route in router.routes]
     app.router.routes.extend(dashboard.routes)  # the dashboard (docs/dashboard.md)
     openapi.install(app, settings)

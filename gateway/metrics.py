@@ -43,6 +43,12 @@ WS_DROPPED = Counter("sr_gateway_ws_dropped", "Pending frames discarded when a c
 WS_SLOW_CLOSES = Counter("sr_gateway_ws_slow_closes", "Clients closed for being too slow, by close code", ["code"])
 ORDERS = Counter("sr_gateway_orders", "Order submissions (REST and WebSocket) by result and code",
                  ["result", "code"])
+AUTH_REFUSALS = Counter("sr_gateway_auth_refusals", "Requests refused before any password was hashed, by reason",
+                        ["reason"])
+REVOCATIONS = Counter("sr_gateway_revocations", "Credential changes this gateway announced on auth:revocations",
+                      ["kind"])
+WS_REVOKED_CLOSES = Counter("sr_gateway_ws_revoked_closes",
+                            "WebSockets closed (4001) because their token or API key was revoked or expired")
 HTTP_LATENCY = Histogram("sr_gateway_http_request_duration_seconds", "HTTP request latency by route template",
                          ["method", "route", "status"],
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))

@@ -7,6 +7,8 @@ Channels (pub/sub, payloads are JSON from ``shared.schema``)::
     md:trade:<exchange>:<SYMBOL>   trades of one exchange
     md:status:<exchange>           feed state changes (up / stale / down)
     orders:events:{u:<user_id>}        a user's order events
+    auth:revocations               user ids whose tokens or API keys changed (logout, password, key deleted):
+                                   every gateway drops what it cached of them
 
 On a Redis Cluster the md channels and md:last keys carry a partition tag (``Keyspace``): ``md:{p3.17}:bbo:...``.
 
@@ -39,6 +41,13 @@ Users (gateway accounts)::
     user:byname:<username lowercased> string: the user id (SET NX: one owner per name, case-insensitive)
     auth:fail:user:<username lowercased>  counter of failed logins, expires with the window
     auth:fail:ip:<client ip>          counter of failed logins, expires with the window
+    auth:revoked:{u:<user_id>}        hash: revoked token ids (``jti``) -> their expiry (epoch s); the key expires
+                                      with the last of them (``POST /logout``)
+    apikeys:{u:<user_id>}             hash: key id -> the API key's record, JSON (name, scopes, created_us,
+                                      expires_us, sha256 of the secret); never the secret
+    apikeys:used:{u:<user_id>}        hash: key id -> last use (us), written at most once a minute per key
+    auth:reg:ip:<client ip>           counter of registrations from one address, expires with the window
+    auth:reg:all                      counter of every registration, expires with the window
 
 Operations::
 
@@ -264,6 +273,27 @@ def login_fail_user_key(username: str) -> str:
 
 def login_fail_ip_key(ip: str) -> str:
     return f"auth:fail:ip:{ip}"
+
+
+def revoked_tokens_key(user_id: str) -> str:
+    return f"auth:revoked:{user_tag(user_id)}"
+
+
+def api_keys_key(user_id: str) -> str:
+    return f"apikeys:{user_tag(user_id)}"
+
+
+def api_keys_used_key(user_id: str) -> str:
+    return f"apikeys:used:{user_tag(user_id)}"
+
+
+def register_ip_key(ip: str) -> str:
+    return f"auth:reg:ip:{ip}"
+
+
+REGISTER_ALL_KEY = "auth:reg:all"
+# One channel for every gateway (on a cluster a shard channel like any other, in its own slot).
+REVOCATIONS_CHANNEL = "auth:revocations"
 
 
 # --- operations ----------------------------------------------------------------------------------------

@@ -138,10 +138,21 @@ class AuthSettings(_Strict):
     token_ttl_s: int = Field(default=86400, ge=60)
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     max_concurrent_hashes: int = Field(default=0, ge=0, le=64)  # 0: one less than the CPUs (at least 1)
-    max_waiting_hashes: int = Field(default=256, ge=1)
+    # Queued hashes beyond those running; then 503 at once. Registrations may fill only half of it, so logins
+    # still get a place during a registration flood.
+    max_waiting_hashes: int = Field(default=16, ge=1)
     login_failures_per_user: int = Field(default=5, ge=1)
     login_failures_per_ip: int = Field(default=50, ge=1)
     login_failure_window_s: int = Field(default=300, ge=1)
+    # POST /register: per client address and in all, each in its own fixed window; then 429 with Retry-After.
+    registrations_per_ip: int = Field(default=10, ge=1)
+    registration_ip_window_s: int = Field(default=3600, ge=1)
+    registrations_global: int = Field(default=120, ge=1)
+    registration_global_window_s: int = Field(default=60, ge=1)
+    api_keys_per_user: int = Field(default=20, ge=1, le=1000)
+    # How long a gateway keeps a user's token generation, logged-out tokens and API keys without hearing of them
+    # (every change is also announced on auth:revocations, which drops the copy at once).
+    state_cache_s: float = Field(default=300.0, gt=0, le=86400)
 
 
 class FeedSettings(_Strict):

@@ -22,7 +22,7 @@ import httpx
 
 from shared.embedded_redis import free_port
 from shared.settings import ROOT
-from tests.servers import CLUSTER_PASS
+from tests.servers import CLUSTER_PASS, TEST_LIMITS
 from tests.wsclient import SECRET
 
 
@@ -88,7 +88,7 @@ def gateway_process(redis_url: str, tmp: Path, **env: str) -> Iterator[GatewayPr
     port = free_port()
     full = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR",)}
     full.update(REDIS_URL=redis_url, PORT=str(port), JWT_SECRET=SECRET, SR_AUTH__BCRYPT_ROUNDS="4",
-                SR_GATEWAY__WORKERS="1", SR_GATEWAY__HOST="127.0.0.1", LOG_LEVEL="WARNING")
+                SR_GATEWAY__WORKERS="1", SR_GATEWAY__HOST="127.0.0.1", LOG_LEVEL="WARNING", **TEST_LIMITS)
     if CLUSTER_PASS:
         full["REDIS_CLUSTER"] = "1"
     full.update(env)

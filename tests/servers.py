@@ -21,6 +21,10 @@ from shared.settings import Settings, load_settings
 CLUSTER_PASS = os.environ.get("SR_TEST_CLUSTER") == "1"
 
 
+# Suites register many users from 127.0.0.1: the registration limits are lifted unless a test sets its own.
+TEST_LIMITS = {"SR_AUTH__REGISTRATIONS_PER_IP": "1000000", "SR_AUTH__REGISTRATIONS_GLOBAL": "1000000"}
+
+
 def flush_sync(url: str) -> None:
     """Empty the test's Redis (every master in the cluster pass)."""
     if CLUSTER_PASS:
@@ -43,7 +47,7 @@ def redis_client(url: str) -> Client:
 
 
 def make_settings(redis_url: str, **env: str) -> Settings:
-    base = {"REDIS_URL": redis_url, "JWT_SECRET": "test-secret-" + "x" * 32, "SR_AUTH__BCRYPT_ROUNDS": "4"}
+    base = {"REDIS_URL": redis_url, "JWT_SECRET": "test-secret-" + "x" * 32, "SR_AUTH__BCRYPT_ROUNDS": "4", **TEST_LIMITS}
     if CLUSTER_PASS:
         base["REDIS_CLUSTER"] = "1"
     base.update(env)

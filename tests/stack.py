@@ -33,6 +33,7 @@ from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import Settings, load_settings
 from simulator import Simulator
 from tests.mdfeed import MdFeed
+from tests.servers import TEST_LIMITS
 
 SECRET = "fault-secret-" + "x" * 40
 
@@ -56,7 +57,7 @@ class Stack:
         self.port = free_port()
         self.redis = EmbeddedRedis(tmp / "redis", appendfsync="always")
         self.sim: Simulator | None = None
-        self.extra_env = {"SR_FEEDS__STALE_AFTER_S": str(stale_after_s), **(env or {})}
+        self.extra_env = {"SR_FEEDS__STALE_AFTER_S": str(stale_after_s), **TEST_LIMITS, **(env or {})}
         self.launcher: Launcher | None = None
         self._task: asyncio.Task[int] | None = None
         self.settings: Settings = load_settings(env={"JWT_SECRET": SECRET, **self.extra_env})

@@ -237,3 +237,86 @@ def test_a_resync_push_is_its_own_message() -> None:
     msg = {"type": "resync", "topic": "orders", "data": {"reason": "re-read GET /orders?status=open"}}
     ev = parse_push(msg)
     assert isinstance(ev, Resync) and ev.topic == "orders" and "GET /orders" in ev.reason
+
+
+async def test_logout_password_and_api_keys(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from client import ApiKey
+
+    name = _name()
+    async with SimpleRouterClient(base) as c:
+        await c.register(name, PASSWORD)
+        await c.deposit("USDT", 1000)
+        trade = await c.create_api_key("bot", ["trade"])
+        read = await c.create_api_key("watcher", expires_in_s=3600)
+        assert isinstance(trade, ApiKey) and trade.key and trade.scopes == ("trade",)
+        assert read.scopes == ("read",) and read.expires_us is not None
+        listed = await c.api_keys()
+        assert [k.name for k in listed] == ["bot", "watcher"] and all(k.key is None for k in listed)
+
+        monkeypatch.setenv("SR_API_KEY", trade.key)
+        async with SimpleRouterClient.from_env(base) as bot:
+            assert (await bot.me()).username == name
+            assert (await bot.place_order("key1", "BTCUSDT", "buy", "0.001", "50000")).status == "open"
+            async with bot.stream() as ws:
+                assert (await ws.cancel_order("key1")).status == "cancelled"
+        async with SimpleRouterClient(base, api_key=read.key) as watcher:
+            with pytest.raises(ApiError) as e:
+                await watcher.place_order("key2", "BTCUSDT", "buy", "0.001", "50000")
+            assert (e.value.status, e.value.code) == (403, "insufficient_scope")
+            async with watcher.stream() as ws:
+                with pytest.raises(ApiError) as e:
+                    await ws.place_order("key2", "BTCUSDT", "buy", "0.001", "50000")
+                assert e.value.code == "insufficient_scope"
+                await c.delete_api_key(read.id)
+                closed = await asyncio.wait_for(ws.wait_closed(), 10)
+                assert (closed.code, closed.reason) == (4001, "API key deleted")
+                with pytest.raises(StreamClosed):
+                    await ws.ping()
+
+        old = c.token
+        new = await c.change_password(PASSWORD, "another password")
+        assert new != old and (await c.me()).username == name
+        async with SimpleRouterClient(base, token=old) as stale:
+            with pytest.raises(ApiError) as e:
+                await stale.me()
+            assert (e.value.status, e.value.code) == (401, "invalid_token")
+        await c.logout()
+        assert c.token is None
+        async with SimpleRouterClient(base, token=new) as stale:
+            with pytest.raises(ApiError) as e:
+                await stale.me()
+            assert e.value.status == 401
+
+
+async def test_cli_keys_and_an_api_key_from_the_environment(base: str) -> None:
+    import os
+    import sys
+
+    name = _name()
+    env = {**os.environ, "SR_USER": name, "SR_PASSWORD": PASSWORD}
+    env.pop("SR_API_KEY", None)
+
+    async def cli(*args: str, **extra: str) -> tuple[int, str]:
+        p = await asyncio.create_subprocess_exec(sys.executable, "-m", "client", *args, "--url", base,
+                                                 env={**env, **extra}, stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(p.communicate(), 60)
+        return p.returncode or 0, out.decode()
+
+    code, out = await cli("keys", "create", "cli-bot", "--scope", "read", "--register")
+    assert code == 0, out
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("srk_")
+    code, out = await cli("balance", "--count", "1", SR_API_KEY=key, SR_USER="", SR_PASSWORD="")
+    assert code == 0 and "available" in out, out
+    code, out = await cli("keys", "list")
+    assert code == 0 and "cli-bot" in out and key not in out, out
+    kid = next(line.split()[0] for line in out.splitlines() if "cli-bot" in line)
+    code, out = await cli("keys", "delete", kid)
+    assert code == 0, out
+    code, out = await cli("balance", "--count", "1", SR_API_KEY=key)
+    assert code == 1 and "401 invalid_token" in out, out
+    code, out = await cli("password", "--new-password", "new password 2")
+    assert code == 0 and "revoked" in out, out
+    code, out = await cli("balance", "--count", "1", SR_PASSWORD="new password 2")
+    assert code == 0, out

@@ -255,3 +255,54 @@ def test_exchange_filter_and_expired_session(stack: Launched) -> None:
         page.wait_for_selector("#login-form", state="visible")
         assert "Session expired" in text(page, "#login-error")
         shot(page, "09-session-expired")
+
+
+def test_api_keys_panel_and_a_logout_that_revokes(stack: Launched) -> None:
+    """Keys made and deleted in the panel work and stop working over the API; "Log out" revokes the token on the
+    server, and another tab using the same token is signed out by its WebSocket's close."""
+    with browser_page(1440, 1100) as page, on_failure_show(page):
+        page.goto(stack.url + "/")
+        page.fill("#username", f"keys{os.getpid()}")
+        page.fill("#password", "correct horse battery")
+        page.click("#register-btn")
+        page.wait_for_selector("#app", state="visible")
+        wait_js(page, "() => document.querySelector('#conn').dataset.state === 'live'")
+
+        page.fill("#key-name", "my bot")
+        page.check("#key-trade")
+        page.click("#key-create")
+        page.wait_for_selector("#key-new", state="visible")
+        key = text(page, "#key-secret")
+        assert key.startswith("srk_")
+        wait_js(page, "() => document.querySelectorAll('#keys tbody tr').length === 1")
+        assert text(page, "#keys tbody tr .name") == "my bot" and text(page, "#keys tbody tr .scopes") == "read, trade"
+        assert httpx.get(stack.url + "/balance", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        # a refused name is said next to the form
+        page.fill("#key-name", "")
+        page.click("#key-create")
+        wait_js(page, "() => document.querySelector('#key-error').innerText.includes('validation_error')")
+        shot(page, "10-api-keys")
+        page.click("#keys tbody tr .delete")
+        wait_js(page, "() => document.querySelectorAll('#keys tbody tr').length === 0")
+        r = httpx.get(stack.url + "/balance", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 401 and r.json()["code"] == "invalid_token"
+
+        # a second tab with the same session
+        token = page.evaluate("sessionStorage.getItem('sr.token')")
+        other = page.context.new_page()
+        other.goto(stack.url + "/")
+        other.evaluate("([t, u]) => { sessionStorage.setItem('sr.token', t); sessionStorage.setItem('sr.user', u); }",
+                       [token, "same"])
+        other.reload()
+        wait_js(other, "() => document.querySelector('#conn').dataset.state === 'live'")
+
+        page.click("#logout")
+        page.wait_for_selector("#login-form", state="visible")
+        assert text(page, "#login-error") == "Logged out."
+        r = httpx.get(stack.url + "/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401 and "logged out" in r.json()["detail"]
+        other.wait_for_selector("#login-form", state="visible", timeout=10_000)
+        assert text(other, "#login-error") == "Signed out: token revoked (logged out)."
+        shot(other, "11-signed-out-elsewhere")
+        errors = [e for e in page.errors if not e.startswith("Failed to load resource")]
+        assert errors == [], errors

@@ -5,7 +5,8 @@ goes through schemathesis' whole check set (``CONFIG`` lists the few expected di
 5xx, every 4xx in the one error shape ``{"detail", "code"}``, every response as documented, schema-invalid data
 refused, schema-valid data accepted unless a rule the schema cannot say refuses it (``RULE_REFUSALS``), auth
 never ignored. The stateful phase chains requests along the document's links (``gateway.openapi_links``):
-``POST /orders`` -> ``GET``/``PUT``/``DELETE /orders/{token_id}`` ..., ``POST /register`` -> ``POST /login``.
+``POST /orders`` -> ``GET``/``PUT``/``DELETE /orders/{token_id}`` ..., ``POST /register`` -> ``POST /login``,
+``POST /api-keys`` -> ``DELETE /api-keys/{key_id}``.
 Afterwards the fuzzed users' ledgers still hold (total = available + reserved, nothing negative, reserved =
 what open orders lock).
 """
@@ -65,6 +66,10 @@ RULE_REFUSALS: dict[tuple[str, str], set[str]] = {
     ("DELETE", "/orders/{token_id}"): {"order_not_found", "order_not_open"},
     ("POST", "/register"): {"username_taken", "validation_error"},
     ("POST", "/login"): {"invalid_credentials", "rate_limited", "validation_error"},
+    # the fuzzed users exist only in their tokens: /me/password has no user to change (401 comes first)
+    ("PUT", "/me/password"): {"validation_error"},
+    ("POST", "/api-keys"): {"too_many_keys", "validation_error"},  # a key name must also be printable, unpadded
+    ("DELETE", "/api-keys/{key_id}"): {"key_not_found"},
 }
 
 
@@ -240,4 +245,5 @@ def test_stateful_links(gateway: LiveGateway, redis_base_url: str) -> None:
     # The chains did run: orders placed, then read and cancelled through the link.
     assert seen[("POST", "/orders", 201)] and seen[("GET", "/orders/{token_id}", 200)], seen
     assert seen[("DELETE", "/orders/{token_id}", 200)], seen
+    assert seen[("POST", "/api-keys", 201)] and seen[("DELETE", "/api-keys/{key_id}", 204)], seen
     check_ledgers(redis_base_url)

@@ -305,3 +305,63 @@ async def test_unknown_fields(api: Api) -> None:
             creds = {"username": "alice", "password": "correct horse battery", **extra}
             cases.append(("POST", path, json.dumps(creds).encode(), 422, "validation_error"))
     await send_all(api, cases, api.alice)
+
+
+async def test_account_routes_refuse_hostile_input(api: Api) -> None:
+    """``PUT /me/password``, ``/api-keys`` and ``POST /logout`` with spoiled bodies, odd ids, forged tokens and
+    forged API keys: each a clean 4xx, nothing written."""
+    tok = (await api.c.post("/login", json={"username": "alice", "password": "correct horse battery"})).json()
+    me = {"Authorization": f"Bearer {tok['access_token']}"}
+    pw = {"current_password": "correct horse battery", "new_password": "another horse"}
+    key = {"name": "bot", "scopes": ["read"]}
+    cases: list[tuple[str, str, bytes, int, str]] = []
+    for path, method, body in (("/me/password", "PUT", pw), ("/api-keys", "POST", key)):
+        for field in body:
+            for lit in ("NaN", "Infinity"):
+                cases.append((method, path, raw(body, field, lit), 400, "invalid_json"))
+            for lit in ("1e400", "null", "true", "{}"):
+                cases.append((method, path, raw(body, field, lit), 422, "validation_error"))
+        # a NUL is a possible password (checked: wrong), too short for a new one, not printable in a key name
+        for field in body:
+            status, code = (403, "wrong_password") if field == "current_password" else (422, "validation_error")
+            cases.append((method, path, raw(body, field, '"\\u0000"'), status, code))
+        cases.append((method, path, json.dumps({**body, "admin": True}).encode(), 422, "validation_error"))
+        cases.append((method, path, b"[" * 30_000 + b"]" * 30_000, 400, "invalid_json"))
+        cases.append((method, path, b"[" * 100_000, 413, "payload_too_large"))
+        cases.append((method, path, b"", 422, "validation_error"))
+    for p73 in ("p" * 73, "\U0001f600" * 18 + "x"):
+        cases.append(("PUT", "/me/password", json.dumps({**pw, "new_password": p73}).encode(), 422,
+                      "validation_error"))
+    for name in ("", " bot", "bot ", "b\x00t", "b\u202et", "b\nt", "x" * 65):
+        cases.append(("POST", "/api-keys", json.dumps({**key, "name": name}).encode(), 422, "validation_error"))
+    for scopes in ([], ["admin"], ["read", "read"], "read", [["read"]], ["READ"], ["read", "trade", "read"]):
+        cases.append(("POST", "/api-keys", json.dumps({**key, "scopes": scopes}).encode(), 422, "validation_error"))
+    for exp in (0, 59, -1, 10**12, 1.5, "60", True):
+        cases.append(("POST", "/api-keys", json.dumps({**key, "expires_in_s": exp}).encode(), 422,
+                      "validation_error"))
+    await send_all(api, cases, me)
+
+    before = await api.snapshot()
+    for kid in ("nope", "%00", "a" * 64, "a..b", "%E2%80%AE", "%7Bu:x%7D"):
+        expect(await api.c.delete(f"/api-keys/{kid}", headers=me), 404, "key_not_found", kid)
+    expect(await api.c.delete(f"/api-keys/{'a' * 65}", headers=me), 422, "validation_error")
+    fake_keys = ["srk_", "srk_" + "%00" * 40, "srk_" + "a" * 32 + "_" + "b" * 16 + "_" + "c" * 43,
+                 "srk_" + "a" * 32 + "_" + "b" * 16 + "_" + "c" * 4000, "srk_../../etc", "srk_{u:x}_y_z"]
+    for fake in fake_keys:
+        for method, path in (("GET", "/me"), ("GET", "/balance"), ("POST", "/logout"), ("GET", "/api-keys")):
+            r = await api.c.request(method, path, headers={"Authorization": f"Bearer {fake}"})
+            expect(r, 401, "invalid_token", (fake[:20], path))
+    now = int(time.time())
+    for token in (jwt.encode({"sub": "alice-id", "iat": now, "exp": now + 600, "jti": 5}, api.settings.auth.jwt_secret,
+                             algorithm="HS256"),
+                  jwt.encode({"sub": "alice-id", "iat": now, "exp": now + 600, "gen": -1},
+                             api.settings.auth.jwt_secret, algorithm="HS256"),
+                  jwt.encode({"sub": "al{ice", "iat": now, "exp": now + 600}, api.settings.auth.jwt_secret,
+                             algorithm="HS256"),
+                  jwt.encode({"sub": "alice-id", "iat": now, "exp": now + 600}, "wrong-secret-" + "z" * 40,
+                             algorithm="HS256")):
+        for method, path in (("POST", "/logout"), ("GET", "/api-keys"), ("DELETE", "/api-keys/x")):
+            expect(await api.c.request(method, path, headers={"Authorization": f"Bearer {token}"}), 401,
+                   "invalid_token", path)
+    assert await api.snapshot() == before
+    assert (await api.c.get("/me", headers=me)).status_code == 200

@@ -49,7 +49,7 @@ async def _answers(redis_url: str, user: str, fast_on: bool, monkeypatch: pytest
     settings = make_settings(redis_url, SR_GATEWAY__ORDER_FINAL_WAIT_S="0.05")
     with monkeypatch.context() as m:
         if not fast_on:
-            m.setattr(fast, "_trader_dependency", lambda: None)
+            m.setattr(fast, "_trader_dependency", lambda _route: None)
         app = create_app(settings)
         out = []
         async with run_gateway(redis_url, settings, app=app) as base, httpx.AsyncClient(base_url=base) as c:
@@ -68,9 +68,14 @@ async def _answers(redis_url: str, user: str, fast_on: bool, monkeypatch: pytest
 
 
 async def test_the_fast_path_is_on() -> None:
-    """If this fails, ``deps.TraderDep`` no longer resolves from the request alone and every order goes through
-    FastAPI's dependency machinery (correct, but slower): adapt ``fast._trader_dependency``."""
-    assert fast._trader_dependency() is not None
+    """If this fails, the route's authentication dependency no longer resolves from the request alone and every
+    order goes through FastAPI's dependency machinery (correct, but slower): adapt ``fast._trader_dependency``.
+    It is the route's own, so it checks the scope the route needs (a ``read`` API key may not place)."""
+    from gateway.rest.routes import orders
+    route = next(r for r in orders.router.routes if getattr(r, "path", "") == "/orders"
+                 and "POST" in getattr(r, "methods", ()))
+    dep = fast._trader_dependency(route)
+    assert dep is not None and dep.scope == "trade"
 
 
 async def test_the_same_answers_as_the_fastapi_route(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

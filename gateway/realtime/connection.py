@@ -24,7 +24,8 @@ from gateway import jsonio, metrics
 from gateway.realtime.protocol import MARKET_STREAMS, Spec, Subscription, parse_spec, parse_topic
 from gateway.realtime.queue import CLOSE_CRITICAL_OVERFLOW, CLOSE_SLOW, ClientQueue
 from gateway.realtime.server import frame_sink
-from shared import tokens
+from gateway.services.credentials import Credentials
+from gateway.services.principals import Principal
 from shared.errors import DomainError
 from shared.settings import Settings
 from shared.timeutil import now_us
@@ -35,6 +36,8 @@ router = APIRouter()
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+CLOSE_REVOKED = 4001  # the token was logged out or outdated by a password change, or the API key deleted
 
 
 class StreamSource(Protocol):
@@ -76,10 +79,13 @@ def _bearer(ws: WebSocket) -> str | None:
 
 
 class Connection:
-    def __init__(self, ws: WebSocket, market: StreamSource, settings: Settings) -> None:
+    def __init__(self, ws: WebSocket, market: StreamSource, settings: Settings, credentials: Credentials) -> None:
         self.ws = ws
         self.market = market
         self.settings = settings
+        self.credentials = credentials
+        self.principal: Principal | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         cfg = settings.ws
         self.queue = ClientQueue(cfg.queue_max, cfg.queue_hard_max)
         self.user_id: str | None = None
@@ -109,6 +115,33 @@ class Connection:
     def error(self, code: str, message: str, msg: dict[str, Any] | None = None) -> None:
         self.reply("error", msg, code=code, message=message)
 
+    # -- credentials -------------------------------------------------------------------------------
+
+    async def authenticate(self, token: object) -> Principal:
+        """The token's or API key's principal, watched from now on (``revoked`` closes the connection)."""
+        p = await self.credentials.authenticate(token)
+        if self.principal is not None and p.user_id != self.principal.user_id:
+            raise DomainError("auth_failed", "this connection is already authenticated as another user")
+        self.credentials.unwatch(self)
+        self.principal, self.user_id = p, p.user_id
+        self.credentials.watch(self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if p.kind == "key" and p.exp:  # a key given an expiry stops working then, open connections included
+            self._expiry = asyncio.get_running_loop().call_later(max(0.0, p.exp - time.time()), self.revoked,
+                                                                 "API key expired")
+        return p
+
+    def revoked(self, reason: str) -> None:
+        if self.queue.failed is None:
+            metrics.WS_REVOKED_CLOSES.inc()
+        self.queue.close(CLOSE_REVOKED, reason)
+
+    def require(self, scope: str) -> None:
+        if self.principal is None or not self.principal.can(scope):
+            raise DomainError("insufficient_scope", f"this API key may not do this: it needs the scope {scope!r}")
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -117,6 +150,9 @@ class Connection:
         try:
             await self._run()
         finally:
+            self.credentials.unwatch(self)
+            if self._expiry is not None:
+                self._expiry.cancel()
             metrics.WS_CONNECTIONS.dec()
             if self.queue.failed is not None and self.queue.failed[0] in (CLOSE_SLOW, CLOSE_CRITICAL_OVERFLOW):
                 metrics.WS_SLOW_CLOSES.labels(str(self.queue.failed[0])).inc()
@@ -174,9 +210,12 @@ class Connection:
         token = _bearer(self.ws)
         if token is not None:
             try:
-                self.user_id = tokens.verify(token, self.settings.auth.jwt_secret)
-            except tokens.TokenError as e:
-                return _Close(CLOSE_POLICY, f"authentication failed: {e}")
+                await self.authenticate(token)
+            except DomainError as e:
+                return _Close(CLOSE_POLICY, f"authentication failed: {e.message}")
+            except (RedisError, OSError) as e:
+                log.warning("websocket authentication: redis unavailable: %r", e)
+                return _Close(CLOSE_TRY_AGAIN, "authentication unavailable: retry in a moment")
         deadline = time.monotonic() + cfg.auth_timeout_s
         while True:
             try:
@@ -259,18 +298,14 @@ STREAM_HANDLERS.update({s: _market for s in MARKET_STREAMS})
 
 @action("auth", public=True)
 async def _auth(conn: Connection, msg: dict[str, Any]) -> None:
-    token = msg.get("token")
     try:
-        user_id = tokens.verify(token, conn.settings.auth.jwt_secret)
-    except tokens.TokenError as e:
+        p = await conn.authenticate(msg.get("token"))
+    except DomainError as e:
         if conn.user_id is None:
-            conn.error("auth_failed", str(e), msg)
-            raise _Close(CLOSE_POLICY, f"authentication failed: {e}") from None
-        raise DomainError("auth_failed", str(e)) from None
-    if conn.user_id is not None and user_id != conn.user_id:
-        raise DomainError("auth_failed", "this connection is already authenticated as another user")
-    conn.user_id = user_id
-    conn.reply("auth", msg, status="ok", user_id=user_id)
+            conn.error("auth_failed", e.message, msg)
+            raise _Close(CLOSE_POLICY, f"authentication failed: {e.message}") from None
+        raise DomainError("auth_failed", e.message) from None
+    conn.reply("auth", msg, status="ok", user_id=p.user_id)
 
 
 @action("ping", public=True)
@@ -319,4 +354,5 @@ async def _list(conn: Connection, msg: dict[str, Any]) -> None:
 
 @router.websocket("/ws")
 async def websocket_endpoint(ws: WebSocket) -> None:
-    await Connection(ws, ws.app.state.market, ws.app.state.settings).run()
+    state = ws.app.state
+    await Connection(ws, state.market, state.settings, state.credentials).run()

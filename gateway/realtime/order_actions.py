@@ -120,6 +120,7 @@ def _unknown(msg: dict[str, Any], allowed: tuple[str, ...]) -> None:
 
 @action("place_order")
 async def _place_order(conn: Connection, msg: dict[str, Any]) -> None:
+    conn.require("trade")
     placed = await _trading(conn).place(_user(conn), parse(PlaceOrderIn, _body(msg)))
     conn.ack(msg, order=messages.order_data(placed.order, placed.fills))
 
@@ -135,6 +136,7 @@ async def _by_token(conn: Connection, msg: dict[str, Any],
 
 @action("cancel_order")
 async def _cancel_order(conn: Connection, msg: dict[str, Any]) -> None:
+    conn.require("trade")
     await _by_token(conn, msg, Trading.cancel)
 
 
@@ -145,6 +147,7 @@ async def _get_order(conn: Connection, msg: dict[str, Any]) -> None:
 
 @action("modify_order")
 async def _modify_order(conn: Connection, msg: dict[str, Any]) -> None:
+    conn.require("trade")
     token_id = _token_id(msg)
     order = await _trading(conn).modify(_user(conn), token_id, parse(ModifyOrderIn, _body(msg, "token_id")))
     conn.ack(msg, order=messages.order_data(order))

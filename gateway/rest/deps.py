@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from gateway.services.accounts import LoginLimiter, PasswordHasher, UserStore
+from gateway.services.accounts import LoginLimiter, PasswordHasher, RegistrationLimiter, UserStore
+from gateway.services.credentials import Credentials
+from gateway.services.principals import Principal
 from gateway.services.trading import Trading
-from shared import tokens
 from shared.errors import DomainError
 from shared.settings import Settings
 
@@ -43,25 +44,46 @@ HasherDep = Annotated[PasswordHasher, Depends(_hasher)]
 LoginLimiterDep = Annotated[LoginLimiter, Depends(_login_limiter)]
 
 
-# A client sends the same token on every request: verifying it once per ``ttl_s`` is enough.
-verified_tokens = tokens.VerifiedTokens()
+def _credentials(request: Request) -> Credentials:
+    credentials: Credentials = request.app.state.credentials
+    return credentials
 
 
-def _user_of(settings: Settings, token: str | None) -> str:
-    if not token:
-        raise DomainError("not_authenticated", "not authenticated: send Authorization: Bearer <token>")
-    try:
-        return verified_tokens.verify(token, settings.auth.jwt_secret)
-    except tokens.TokenError as e:
-        raise DomainError("invalid_token", str(e)) from None
+def _registration_limiter(request: Request) -> RegistrationLimiter:
+    limiter: RegistrationLimiter = request.app.state.registration_limiter
+    return limiter
 
 
-async def _current_user(request: Request, token: Annotated[str | None, Depends(oauth2)]) -> str:
-    return _user_of(request.app.state.settings, token)
+CredentialsDep = Annotated[Credentials, Depends(_credentials)]
+RegistrationLimiterDep = Annotated[RegistrationLimiter, Depends(_registration_limiter)]
 
 
-# The authenticated user's id (the token's ``sub``); 401 ``not_authenticated``/``invalid_token`` otherwise.
+async def _principal(request: Request, token: Annotated[str | None, Depends(oauth2)]) -> Principal:
+    credentials: Credentials = request.app.state.credentials
+    return await credentials.authenticate(token)
+
+
+# Whoever called: an access token or an API key (401 ``not_authenticated``/``invalid_token`` otherwise).
+PrincipalDep = Annotated[Principal, Depends(_principal)]
+
+
+async def _current_user(p: PrincipalDep) -> str:
+    return p.user_id
+
+
+# The authenticated user's id (the token's ``sub`` or the API key's user).
 CurrentUser = Annotated[str, Depends(_current_user)]
+
+
+async def _session(p: PrincipalDep) -> Principal:
+    if p.kind != "token":
+        raise DomainError("session_required", "log in for this: an API key cannot manage the account "
+                                              "(API keys are revoked with DELETE /api-keys/{id})")
+    return p
+
+
+# An access token from /login or /register (403 ``session_required`` for an API key).
+SessionDep = Annotated[Principal, Depends(_session)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +92,29 @@ class Trader:
 
     user_id: str
     trading: Trading
+    principal: Principal
 
 
 class _TraderAuth(OAuth2PasswordBearer):
     """The bearer scheme itself resolves to the ``Trader``: one dependency with no sub-dependencies (FastAPI
-    resolves each level on every request), and ``/docs`` still shows the same security scheme."""
+    resolves each level on every request), and ``/docs`` still shows the same security scheme. ``scope``: what an
+    API key needs for the route (403 ``insufficient_scope``)."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(tokenUrl="/login", auto_error=False, scheme_name=oauth2.scheme_name)
+        self.scope = scope
 
     async def __call__(self, request: Request) -> Trader:  # type: ignore[override]  # returns the Trader, not the token
         state = request.app.state
         token = await super().__call__(request)
-        return Trader(_user_of(state.settings, token), state.trading)
+        credentials: Credentials = state.credentials
+        p = await credentials.authenticate(token)
+        if not p.can(self.scope):
+            raise DomainError("insufficient_scope", f"this API key may not do this: it needs the scope {self.scope!r}")
+        return Trader(p.user_id, state.trading, p)
 
 
-_trader = _TraderAuth(tokenUrl="/login", auto_error=False, scheme_name=oauth2.scheme_name)
-
-# The authenticated user (401 otherwise) with the trading service.
-TraderDep = Annotated[Trader, Depends(_trader)]
+# The authenticated user (401 otherwise) with the trading service: reading.
+TraderDep = Annotated[Trader, Depends(_TraderAuth("read"))]
+# The same, for what changes orders or funds: an API key needs the scope ``trade`` (403 otherwise).
+TradeDep = Annotated[Trader, Depends(_TraderAuth("trade"))]

@@ -46,6 +46,8 @@ STATUS: dict[str, int] = {
     # accounts
     "not_authenticated": 401, "invalid_token": 401, "invalid_credentials": 401, "username_taken": 409,
     "rate_limited": 429, "busy": 503, "unavailable": 503, "intake_timeout": 503,
+    "insufficient_scope": 403, "session_required": 403, "wrong_password": 403, "key_not_found": 404,
+    "too_many_keys": 409,
     # trading: the request against the configuration
     "unknown_symbol": 422, "unknown_asset": 422, "invalid_price": 422, "invalid_quantity": 422,
     "below_min_notional": 422, "too_precise": 422, "amount_too_large": 422, "invalid_amount": 422,
@@ -75,7 +77,8 @@ STATUS_CODES: dict[int, str] = {
 STATUS_TEXT: dict[int, str] = {
     400: "Malformed request (e.g. body is not valid JSON, NaN/Infinity, nested too deeply)",
     401: "Missing, expired, forged or malformed token, or bad credentials",
-    403: "Forbidden",
+    403: "Forbidden: an API key without the scope the route needs (`insufficient_scope`), or one used where a "
+         "login is required (`session_required`)",
     404: "Not found",
     409: "Conflict with the current state",
     413: "Request body larger than the limit",

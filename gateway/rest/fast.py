@@ -3,7 +3,7 @@
 The hot route of the API spent more CPU in FastAPI's per-request machinery (dependency solving, request and
 response objects, the exception middleware) than in its own work. ``FastPlace`` runs the same steps with the same
 objects: the body ``BodyLimitMiddleware`` already parsed, the route's own authentication dependency
-(``deps.TraderDep``'s, whatever it checks), ``PlaceOrderIn`` validation (``plain_place`` for the usual body),
+(the route's ``TradeDep``, whatever it checks), ``PlaceOrderIn`` validation (``plain_place`` for the usual body),
 ``Trading.place`` and ``order_json``.
 A request it does not take on, or that fails authentication or validation, goes to FastAPI untouched (nothing has
 happened yet) and gets FastAPI's answer, so every refusal keeps one implementation; a refusal by the service is
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, get_args
+from typing import Any, get_args, get_type_hints
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.rest import deps
 from gateway.rest.body import SCOPE_JSON_KEY
 from gateway.rest.errors import service_error_response
 from gateway.rest.models import order_json
@@ -33,29 +32,34 @@ log = logging.getLogger(__name__)
 PATH = "/orders"
 
 
-def _trader_dependency() -> Any:
-    """The callable behind ``deps.TraderDep`` when it resolves from the request alone, else None (then every
-    request goes through FastAPI, which resolves whatever it has become)."""
-    for meta in get_args(deps.TraderDep)[1:]:
-        dep = getattr(meta, "dependency", None)
-        if dep is None:
-            continue
-        params = list(inspect.signature(dep).parameters.values())
-        if len(params) == 1 and params[0].annotation in (Request, "Request"):
-            return dep
+def _trader_dependency(route: BaseRoute | None) -> Any:
+    """The route's own authentication dependency when it resolves from the request alone, else None (then every
+    request goes through FastAPI, which resolves whatever it has become). Taken from the route, not from ``deps``,
+    so the scope it checks (an API key's ``trade``) is the route's."""
+    endpoint = getattr(route, "endpoint", None)
+    if endpoint is None:
+        return None
+    for hint in get_type_hints(endpoint, include_extras=True).values():
+        for meta in get_args(hint)[1:]:
+            dep = getattr(meta, "dependency", None)
+            if dep is None:
+                continue
+            params = list(inspect.signature(dep).parameters.values())
+            if len(params) == 1 and params[0].annotation in (Request, "Request"):
+                return dep
     return None
 
 
 class FastPlace:
     def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
         self.app = app
-        self.trader = _trader_dependency()
-        if self.trader is None:
-            log.warning("POST %s goes through FastAPI: its authentication dependency needs more than the request",
-                        PATH)
         # the route's own object, for what reads scope["route"] (the metrics' route label)
         self.route = next((r for r in routes if getattr(r, "path", None) == PATH
                            and "POST" in (getattr(r, "methods", None) or ())), None)
+        self.trader = _trader_dependency(self.route)
+        if self.trader is None:
+            log.warning("POST %s goes through FastAPI: its authentication dependency needs more than the request",
+                        PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or self.trader is None

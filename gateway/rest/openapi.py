@@ -7,7 +7,8 @@
 
 ``install(app, settings)`` applies both once, when ``/openapi.json`` is first asked for. Clients and tools read them as "what can I do next": after
 ``POST /orders`` the order's ``token_id`` (from the answer) addresses ``GET``/``PUT``/``DELETE
-/orders/{token_id}``; after ``POST /register`` the same username and password log in. Schemathesis' stateful
+/orders/{token_id}``; after ``POST /register`` the same username and password log in; after ``POST /api-keys`` its
+``id`` deletes it. Schemathesis' stateful
 phase chains requests along them (tests/test_fuzz_rest.py).
 """
 
@@ -40,6 +41,9 @@ LINKS: dict[tuple[str, str, str], dict[str, Link]] = {
     ("get", ORDER, "200"): {k: v for k, v in ORDER_LINKS.items() if k != "GetOrder"},
     # A cancelled order stays readable (status `cancelled`); modifying or cancelling it again is a 409.
     ("delete", ORDER, "200"): ORDER_LINKS,
+    ("post", "/api-keys", "201"): {
+        "DeleteApiKey": ("delete", "/api-keys/{key_id}", {"parameters": {"key_id": "$response.body#/id"}}),
+    },
 }
 
 

@@ -9,8 +9,12 @@ steps leaves only an unreachable record, never a name without a user.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +24,7 @@ import anyio.to_thread
 import bcrypt
 import redis.asyncio as aioredis
 
+from gateway import metrics
 from shared import names
 from shared.errors import DomainError
 
@@ -27,11 +32,52 @@ T = TypeVar("T")
 DUMMY_PASSWORD = b"not-a-password: only keeps unknown users as slow as known ones"
 
 
+def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+class _Slots:
+    """``n`` slots; waiters of priority 0 are served before any of priority 1, each priority in arrival order."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not any(self._waiting):
+            self.free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[priority].append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # handed a slot, then cancelled: pass it on
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting[priority].remove(fut)
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+                    return
+        self.free += 1
+
+
 class PasswordHasher:
     """bcrypt in worker threads, at most ``max_concurrent`` at once, so the event loop never waits on it.
 
     ``verify(password, None)`` checks against a dummy hash of the same cost, so an unknown user costs as
-    much time as a wrong password. Beyond ``max_waiting`` queued hashes, callers get 503 at once.
+    much time as a wrong password. Beyond ``max_waiting`` queued hashes, callers get 503 at once, with a
+    ``Retry-After`` from the time the queue takes to drain. New passwords (registration, password change) may
+    fill only half the queue and wait behind every queued login, so a registration flood does not hold logins up.
     """
 
     def __init__(self, rounds: int, max_concurrent: int, max_waiting: int) -> None:
@@ -39,25 +85,42 @@ class PasswordHasher:
         self.max_concurrent = max_concurrent
         self.max_waiting = max_waiting
         self._limiter: anyio.CapacityLimiter | None = None
+        self._slots = _Slots(max_concurrent)
         self._dummy = b""
         self._inflight = 0  # running + queued; counted here because the limiter only sees tasks once they queue
+        self.hash_s = 0.0  # running mean of one hash's wall time
+        self.refused = 0
 
     async def start(self) -> None:
         self._limiter = anyio.CapacityLimiter(self.max_concurrent)
         self._dummy = await self._run(bcrypt.hashpw, DUMMY_PASSWORD, bcrypt.gensalt(self.rounds))
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    def retry_after_s(self) -> int:
+        """Whole seconds for the queue as it is to drain (at least 1)."""
+        return max(1, math.ceil(self._inflight * self.hash_s / self.max_concurrent))
+
+    async def _run(self, fn: Callable[..., T], *args: Any, new_password: bool = False) -> T:
         assert self._limiter is not None, "PasswordHasher.start() not awaited"
-        if self._inflight >= self.max_concurrent + self.max_waiting:
-            raise DomainError("busy", "too many logins in progress; retry shortly", retry_after_s=1)
+        share = 0.5 if new_password else 1.0
+        if self._inflight >= self.max_concurrent + math.ceil(self.max_waiting * share):
+            self.refused += 1
+            metrics.AUTH_REFUSALS.labels("hashing_queue_full").inc()
+            raise DomainError("busy", "too many logins in progress; retry shortly",
+                              retry_after_s=self.retry_after_s())
         self._inflight += 1
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            await self._slots.acquire(1 if new_password else 0)
+            try:
+                out, took = await anyio.to_thread.run_sync(_timed, fn, *args, limiter=self._limiter)
+            finally:
+                self._slots.release()
+            self.hash_s = took if not self.hash_s else 0.8 * self.hash_s + 0.2 * took
+            return out
         finally:
             self._inflight -= 1
 
     async def hash(self, password: str) -> bytes:
-        return await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds))
+        return await self._run(bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.rounds), new_password=True)
 
     async def verify(self, password: str, hashed: bytes | None) -> bool:
         pw = password.encode()
@@ -73,6 +136,7 @@ class User:
     username: str
     created_us: int
     pw_hash: bytes
+    token_gen: int = 0
 
 
 def _text(v: bytes | str) -> str:
@@ -85,7 +149,8 @@ def _user(raw: Mapping[bytes | str, bytes | str]) -> User | None:
         return None
     pw_hash = raw[b"pw_hash"]
     return User(id=_text(raw[b"id"]), username=_text(raw[b"username"]), created_us=int(raw[b"created_us"]),
-                pw_hash=pw_hash if isinstance(pw_hash, bytes) else pw_hash.encode())
+                pw_hash=pw_hash if isinstance(pw_hash, bytes) else pw_hash.encode(),
+                token_gen=int(raw.get(b"token_gen", 0)))
 
 
 class UserStore:
@@ -157,6 +222,46 @@ class LoginLimiter:
             wait = max(1, max(waits))
             raise DomainError("rate_limited", f"too many failed logins; retry in {wait} s", retry_after_s=wait)
 
+    async def refund(self, username: str, ip: str) -> None:
+        """An attempt that was never checked (the hashing queue was full) is given back."""
+        await self._refund(keys=[names.login_fail_user_key(username)])
+        await self._refund(keys=[names.login_fail_ip_key(ip)])
+
+    async def checked(self, username: str, ip: str, hasher: PasswordHasher, password: str,
+                      hashed: bytes | None) -> bool:
+        """``hasher.verify`` of an attempt already counted, given back if the hasher refused it (503)."""
+        try:
+            return await hasher.verify(password, hashed)
+        except DomainError:
+            await self.refund(username, ip)
+            raise
+
     async def succeeded(self, username: str, ip: str) -> None:
         await self.redis.delete(names.login_fail_user_key(username))
         await self._refund(keys=[names.login_fail_ip_key(ip)])
+
+
+class RegistrationLimiter:
+    """Registrations per client address and in all, each counted in Redis in a fixed window started by its first
+    registration; past either limit, 429 with ``Retry-After`` (the window's time left). Counted before the
+    password is hashed: a refused registration costs one script call, no hash."""
+
+    def __init__(self, redis: aioredis.Redis, per_ip: int, ip_window_s: int, total: int, total_window_s: int) -> None:
+        self.per_ip, self.ip_window_s = per_ip, ip_window_s
+        self.total, self.total_window_s = total, total_window_s
+        self._count = redis.register_script(_COUNT)
+        self.refused = 0
+
+    async def attempt(self, ip: str) -> None:
+        n, ttl = await self._count(keys=[names.register_ip_key(ip)], args=[self.ip_window_s])
+        if int(n) > self.per_ip:
+            self._refuse("from this address", int(ttl))
+        n, ttl = await self._count(keys=[names.REGISTER_ALL_KEY], args=[self.total_window_s])
+        if int(n) > self.total:
+            self._refuse("on this server", int(ttl))
+
+    def _refuse(self, where: str, ttl: int) -> None:
+        self.refused += 1
+        metrics.AUTH_REFUSALS.labels("registration_limit").inc()
+        wait = max(1, ttl)
+        raise DomainError("rate_limited", f"too many registrations {where}; retry in {wait} s", retry_after_s=wait)

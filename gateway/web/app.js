@@ -109,9 +109,16 @@ function armExpiry() {
   } catch { /* opaque token: the server's 401 / 1008 still sends us back to login */ }
 }
 
+// The "Log out" button: the token is revoked on the server (every tab and gateway), then forgotten here.
+async function signOut() {
+  try { if (state.token) await api('POST', '/logout'); } catch { /* unreachable or already revoked */ }
+  logout('Logged out.');
+}
+
 function logout(message = '') {
   state.token = null; state.username = null;
   sessionStorage.removeItem('sr.token'); sessionStorage.removeItem('sr.user');
+  $('#keys tbody').replaceChildren(); $('#key-secret').textContent = ''; $('#key-new').hidden = true;
   clearTimeout(expiryTimer);
   feed.stop();
   showLogin(message);
@@ -147,6 +154,7 @@ class Feed {
       if (ws !== this.ws) return;
       this.ws = null;
       if (e.code === 1008 && /auth/i.test(e.reason)) { logout('Session expired: log in again.'); return; }
+      if (e.code === 4001) { logout(`Signed out: ${e.reason || 'token revoked'}.`); return; }
       this.scheduleReconnect();
     };
   }
@@ -527,6 +535,38 @@ async function deposit(ev) {
   } catch (e) { $('#deposit-error').textContent = `${e.message} (${e.code})`; }
 }
 
+// ---------- API keys ----------
+const day = (us) => (us === null || us === undefined) ? '—' : new Date(us / 1000).toISOString().slice(0, 16).replace('T', ' ');
+
+async function refreshKeys() {
+  try {
+    const keys = await api('GET', '/api-keys');
+    $('#keys tbody').replaceChildren(...keys.map((k) => el('tr', { id: `key-${k.id}`, dataset: { id: k.id } },
+      el('td', { class: 'name' }, k.name), el('td', { class: 'scopes' }, k.scopes.join(', ')),
+      el('td', {}, day(k.created_us)), el('td', { class: 'used' }, day(k.last_used_us)),
+      el('td', {}, el('button', { type: 'button', class: 'delete secondary' }, 'Delete')))));
+  } catch (e) { if (state.token) $('#key-error').textContent = `${e.message} (${e.code})`; }
+}
+
+async function createKey(ev) {
+  ev.preventDefault();
+  $('#key-error').textContent = ''; $('#key-new').hidden = true;
+  const scopes = $('#key-trade').checked ? ['read', 'trade'] : ['read'];
+  try {
+    const k = await api('POST', '/api-keys', { name: $('#key-name').value.trim(), scopes });
+    $('#key-secret').textContent = k.key; $('#key-new').hidden = false; $('#key-name').value = '';
+    await refreshKeys();
+  } catch (e) { $('#key-error').textContent = `${e.message} (${e.code})`; }
+}
+
+async function onKeysClick(e) {
+  const row = e.target.closest('tr'); if (!row || !e.target.classList.contains('delete')) return;
+  $('#key-error').textContent = '';
+  try { await api('DELETE', `/api-keys/${encodeURIComponent(row.dataset.id)}`); $('#key-new').hidden = true; }
+  catch (err) { $('#key-error').textContent = `${err.message} (${err.code})`; }
+  await refreshKeys();
+}
+
 // ---------- controls ----------
 function renderControls() {
   $('#pair').replaceChildren(...state.info.pairs.map((p) => el('option', { value: p }, p)));
@@ -559,7 +599,9 @@ function wireControls() {
   $('#orders tbody').addEventListener('click', onOrdersClick);
   $('#login-form').addEventListener('submit', (e) => { e.preventDefault(); authenticate('/login'); });
   $('#register-btn').addEventListener('click', () => authenticate('/register'));
-  $('#logout').addEventListener('click', () => logout());
+  $('#logout').addEventListener('click', () => signOut());
+  $('#key-form').addEventListener('submit', createKey);
+  $('#keys tbody').addEventListener('click', onKeysClick);
 }
 
 // ---------- start ----------
@@ -586,6 +628,8 @@ async function startApp() {
   feed.specs.orders = { stream: 'orders' };
   subscribeMarket(); // recorded in feed.specs; sent once the socket is authenticated
   feed.start();
+  $('#key-new').hidden = true; $('#key-error').textContent = '';
+  refreshKeys();
 }
 
 async function main() {

@@ -1,4 +1,5 @@
-"""Accounts: ``POST /register``, ``POST /login`` (JSON or OAuth2 password form), ``GET /me``."""
+"""Accounts: ``POST /register``, ``POST /login`` (JSON or OAuth2 password form), ``GET /me``, ``POST /logout``,
+``PUT /me/password``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,19 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, Field, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.responses import Response
 
 from gateway.rest.body import api_router, is_form_content_type, is_json_content_type
-from gateway.rest.deps import CurrentUser, HasherDep, LoginLimiterDep, SettingsDep, UsersDep
+from gateway.rest.deps import (
+    CredentialsDep,
+    CurrentUser,
+    HasherDep,
+    LoginLimiterDep,
+    RegistrationLimiterDep,
+    SessionDep,
+    SettingsDep,
+    UsersDep,
+)
 from gateway.rest.errors import error_responses
 from gateway.rest.models import OutModel
 from gateway.services.requests import StrictModel
@@ -95,24 +106,32 @@ class RegisterOut(TokenOut):
     user: UserOut
 
 
-def _token(settings: Settings, user_id: str, username: str) -> tuple[str, int]:
+def _token(settings: Settings, user_id: str, username: str, gen: int) -> tuple[str, int]:
     ttl = settings.auth.token_ttl_s
-    return tokens.issue(user_id, settings.auth.jwt_secret, ttl, username=username), ttl
+    return tokens.issue(user_id, settings.auth.jwt_secret, ttl, username=username, gen=gen), ttl
+
+
+def _ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @router.post(
     "/register", status_code=201, response_model=RegisterOut, summary="Create an account",
     description="Usernames are 3-32 of `A-Z a-z 0-9 _ . -`, unique regardless of case; passwords are 8 to 72 "
-                "bytes in UTF-8. Answers with the user and an access token.",
-    responses=error_responses(400, 409, 413, 415, 422, 503, s409="username already taken"),
+                "bytes in UTF-8. Answers with the user and an access token. Limited per client address and in "
+                "all (429 with `Retry-After`); 503 with `Retry-After` when too many passwords are being hashed.",
+    responses=error_responses(400, 409, 413, 415, 422, 429, 503, s409="username already taken",
+                              s429="`rate_limited`: too many registrations from this address, or in all"),
 )
-async def register(body: RegisterIn, users: UsersDep, hasher: HasherDep, settings: SettingsDep) -> RegisterOut:
+async def register(request: Request, body: RegisterIn, users: UsersDep, hasher: HasherDep, settings: SettingsDep,
+                   limiter: RegistrationLimiterDep) -> RegisterOut:
+    await limiter.attempt(_ip(request))
     if await users.name_taken(body.username):  # cheap early answer; the atomic claim below decides
         raise DomainError("username_taken", f"username {body.username!r} is already taken")
     user = await users.create(body.username, await hasher.hash(body.password))
     if user is None:
         raise DomainError("username_taken", f"username {body.username!r} is already taken")
-    token, ttl = _token(settings, user.id, user.username)
+    token, ttl = _token(settings, user.id, user.username, 0)
     return RegisterOut(access_token=token, expires_in=ttl,
                        user=UserOut(id=user.id, username=user.username, created_us=user.created_us))
 
@@ -163,21 +182,58 @@ _LOGIN_BODY = {
 async def login(request: Request, users: UsersDep, hasher: HasherDep, limiter: LoginLimiterDep,
                 settings: SettingsDep) -> TokenOut:
     body = await _login_body(request)
-    ip = request.client.host if request.client else "unknown"
+    ip = _ip(request)
     await limiter.attempt(body.username, ip)
     user = await users.by_name(body.username) if _USERNAME.fullmatch(body.username) else None
-    ok = await hasher.verify(body.password, user.pw_hash if user else None)
+    ok = await limiter.checked(body.username, ip, hasher, body.password, user.pw_hash if user else None)
     if user is None or not ok:
         raise DomainError("invalid_credentials", "invalid username or password")
     await limiter.succeeded(body.username, ip)
-    token, ttl = _token(settings, user.id, user.username)
+    token, ttl = _token(settings, user.id, user.username, user.token_gen)
     return TokenOut(access_token=token, expires_in=ttl)
 
 
 @router.get("/me", response_model=UserOut, summary="Who am I",
-            responses=error_responses(401))
+            description="With an access token or an API key.", responses=error_responses(401, 503))
 async def me(user_id: CurrentUser, users: UsersDep) -> UserOut:
     user = await users.get(user_id)
     if user is None:
         raise DomainError("invalid_token", "the token's user no longer exists")
     return UserOut(id=user.id, username=user.username, created_us=user.created_us)
+
+
+@router.post("/logout", status_code=204, summary="Revoke the access token of this request",
+             description="At once, on every gateway: the token then gets 401 on REST, and WebSockets authenticated "
+                         "with it are closed (code 4001). Other tokens of the user keep working. An API key is "
+                         "revoked with `DELETE /api-keys/{id}` instead (403 `session_required`).",
+             responses=error_responses(401, 403, 503))
+async def logout(p: SessionDep, credentials: CredentialsDep) -> Response:
+    await credentials.logout(p)
+    return Response(status_code=204)
+
+
+class PasswordIn(StrictModel):
+    current_password: LoginPassword
+    new_password: NewPassword
+
+
+@router.put("/me/password", response_model=TokenOut, summary="Change the password; revokes every older token",
+            description="Every token issued before the change stops working at once, on every gateway (the one of "
+                        "this request too): the answer carries a new one. API keys are not affected. A wrong "
+                        "`current_password` is 403 `wrong_password` and counts as a failed login (429 past the "
+                        "limit).",
+            responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503,
+                                      s403="`wrong_password`, or `session_required` (an API key)"))
+async def change_password(request: Request, body: PasswordIn, p: SessionDep, users: UsersDep, hasher: HasherDep,
+                          limiter: LoginLimiterDep, credentials: CredentialsDep, settings: SettingsDep) -> TokenOut:
+    user = await users.get(p.user_id)
+    if user is None:
+        raise DomainError("invalid_token", "the token's user no longer exists")
+    ip = _ip(request)
+    await limiter.attempt(user.username, ip)
+    if not await limiter.checked(user.username, ip, hasher, body.current_password, user.pw_hash):
+        raise DomainError("wrong_password", "current_password is wrong")
+    await limiter.succeeded(user.username, ip)
+    gen = await credentials.set_password(user.id, await hasher.hash(body.new_password))
+    token, ttl = _token(settings, user.id, user.username, gen)
+    return TokenOut(access_token=token, expires_in=ttl)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Path, Query
 
 from gateway.rest.body import api_router
-from gateway.rest.deps import TraderDep
+from gateway.rest.deps import TradeDep, TraderDep
 from gateway.rest.errors import error_responses
 from gateway.rest.models import ExactJSON, OrderListOut, OrderOut, order_json, orders_json
 from gateway.services.requests import ModifyOrderIn, PlaceOrderIn
@@ -28,10 +28,10 @@ S422 = ("`unknown_symbol`, `invalid_side`, `invalid_type`, `invalid_price` (tick
                 "ioc order is answered in its **final state** (`filled`, `expired` or `rejected`, with `fills`): "
                 "the gateway waits up to `gateway.order_final_wait_s` (2 s) for the matcher, then answers with "
                 "the current state.",
-    responses=error_responses(400, 401, 409, 413, 415, 422, 503, s400=S400, s422=S422,
+    responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503, s400=S400, s422=S422,
                               s409="`duplicate_token_id`: the token_id was already used"),
 )
-async def place(body: PlaceOrderIn, t: TraderDep) -> ExactJSON:
+async def place(body: PlaceOrderIn, t: TradeDep) -> ExactJSON:
     placed = await t.trading.place(t.user_id, body)
     return order_json(placed.order, placed.fills, status_code=201)
 
@@ -53,17 +53,17 @@ async def get_order(token_id: TokenPath, t: TraderDep) -> ExactJSON:
 
 @router.delete("/orders/{token_id}", response_model=OrderOut,
                summary="Cancel an open order; releases its reservation",
-               responses=error_responses(401, 404, 409, 422, 503, s404="`order_not_found`",
+               responses=error_responses(401, 403, 404, 409, 422, 503, s404="`order_not_found`",
                                          s409="`order_not_open`: already filled, cancelled, expired or rejected"))
-async def cancel(token_id: TokenPath, t: TraderDep) -> ExactJSON:
+async def cancel(token_id: TokenPath, t: TradeDep) -> ExactJSON:
     return order_json(await t.trading.cancel(t.user_id, token_id))
 
 
 @router.put("/orders/{token_id}", response_model=OrderOut,
             summary="New price and/or quantity of an open limit order",
             description="The reservation is swapped atomically; a marketable new price fills at once.",
-            responses=error_responses(400, 401, 404, 409, 413, 415, 422, 503, s400=S400,
+            responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503, s400=S400,
                                       s404="`order_not_found`", s422=S422,
                                       s409="`order_not_open` or `not_modifiable` (market/ioc)"))
-async def modify(token_id: TokenPath, body: ModifyOrderIn, t: TraderDep) -> ExactJSON:
+async def modify(token_id: TokenPath, body: ModifyOrderIn, t: TradeDep) -> ExactJSON:
     return order_json(await t.trading.modify(t.user_id, token_id, body))
