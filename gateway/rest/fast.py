@@ -17,7 +17,6 @@ import inspect
 import logging
 from typing import Any, get_args, get_type_hints
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,7 +25,6 @@ from gateway.rest.body import SCOPE_JSON_KEY
 from gateway.rest.errors import service_error_response
 from gateway.rest.models import order_json
 from gateway.services.requests import PlaceOrderIn, plain_place
-from shared.errors import DomainError
 
 log = logging.getLogger(__name__)
 PATH = "/orders"
@@ -70,8 +68,10 @@ class FastPlace:
             trader = await self.trader(Request(scope, receive))
             data = scope[SCOPE_JSON_KEY]
             body = plain_place(data) or PlaceOrderIn.model_validate(data)
-        except (DomainError, ValidationError):
-            await self.app(scope, receive, send)  # FastAPI answers the refusal, as for any other route
+        except Exception:
+            # A refusal, or Redis unreachable while authentication reads a user's revocation state: nothing has
+            # happened yet, so FastAPI answers it as for any other route (its handlers: 401/403/422, 503).
+            await self.app(scope, receive, send)
             return
         scope["route"] = self.route
         try:
