@@ -55,6 +55,9 @@ async def test_gateway_subscriptions_made_while_redis_is_down_come_back(tmp_path
     try:
         async with run_gateway(srv.url, settings) as base, feed_heartbeats(srv.url, "okx", "binance"), \
                 ws_client(base, tok=token("down")) as ws:
+            # The token in the URL is checked after the handshake (it reads the user's revocation state from Redis),
+            # before any message is read: a pong means that is done before Redis goes.
+            assert (await ws.request({"action": "ping"}, within=10))["type"] == "pong"
             srv.kill()
             for stream in ({"stream": "best_touch", "symbol": "BTCUSDT", "exchange": "all"}, {"stream": "orders"}):
                 reply = await ws.request({"action": "subscribe", **stream}, within=10)
