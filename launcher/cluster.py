@@ -13,7 +13,6 @@ import json
 import random
 import re
 import shutil
-import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from shared.embedded_cluster import (
     cluster_server_binary,
     server_version,
 )
+from shared.embedded_redis import port_free
 
 LAYOUT = "layout.json"
 BUS_OFFSET = 10000  # EmbeddedCluster with fixed ports: a node's cluster bus is its port + 10000
@@ -75,17 +75,6 @@ def save_layout(base: Path, layout: Layout) -> None:
 def _afresh(base: Path) -> str:
     return (f"to form a new cluster, move {base} away (the users, balances and orders in it stay there) "
             "and start again")
-
-
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a server could listen on ``port`` now (SO_REUSEADDR, as Redis does: TIME_WAIT is no obstacle)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def choose_ports(n: int, base_port: int = 0) -> list[int]:

@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import redis
 
+from shared.embedded_redis import free_ports
 from shared.lifeline import die_with_parent
 
 SLOTS = 16384
@@ -149,20 +150,6 @@ def cluster_server_binary(min_version: tuple[int, int, int] = MIN_VERSION) -> Se
 
 
 # ------------------------------------------------------------------------------------------------ nodes
-
-
-def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct free ports (all bound at once, then released: the server binds them right after)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass(eq=False)
@@ -366,7 +353,7 @@ class EmbeddedCluster:
         if self.nodes:
             return
         total = self.n_masters * (1 + self.n_replicas)
-        ports = self._fixed_ports or _free_ports(2 * total, self.host)
+        ports = self._fixed_ports or free_ports(2 * total, self.host)
         bus = [p + 10000 for p in ports] if self._fixed_ports else ports[total:]
         for i in range(total):
             is_master = i < self.n_masters
@@ -441,7 +428,7 @@ class EmbeddedCluster:
             n = exited[0]
             raise ClusterError(f"node on port {n.port} exited with {n.proc.returncode if n.proc else '?'}: "
                                f"{n.log_tail()}")
-        fresh = _free_ports(2 * len(exited), self.host)
+        fresh = free_ports(2 * len(exited), self.host)
         for k, n in enumerate(exited):
             n.port, n.bus_port = fresh[2 * k], fresh[2 * k + 1]
 

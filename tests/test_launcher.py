@@ -20,10 +20,9 @@ import pytest
 import redis
 from websockets.sync.client import connect
 
-from launcher.cluster import port_free
 from shared import tokens
 from shared.embedded_cluster import EmbeddedCluster, NoClusterServer, cluster_server_binary
-from shared.embedded_redis import free_port
+from shared.embedded_redis import free_port, port_free
 from shared.settings import ROOT
 from tests.launcher_helpers import LAUNCHER, Launched, launch, launcher_env
 
@@ -185,11 +184,7 @@ CLUSTER_LAUNCHER = [*LAUNCHER, "--cluster"]
 
 def _two_free_ports() -> int:
     """A port P with P + 1 free too (the second gateway's)."""
-    for _ in range(100):
-        port = free_port()
-        if port < 65535 and port_free(port + 1):
-            return port
-    raise AssertionError("no two consecutive free ports")
+    return free_port(span=2)
 
 
 def _node_ports(out: str) -> list[int]:
