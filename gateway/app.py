@@ -4,6 +4,7 @@ real-time WebSocket under ``gateway/realtime``, the services both call under ``g
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -11,13 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from gateway import metrics
 from gateway.realtime import connection, order_actions
 from gateway.realtime.streams import MarketData
 from gateway.rest import dashboard, errors, openapi
 from gateway.rest.body import BodyLimitMiddleware, JsonRoute
-from gateway.rest.fast import FastPlace
+from gateway.rest.fast import PATH, FastPlace
 from gateway.rest.routes import api_keys, auth, balance, fills, health, info, orders
 from gateway.services.accounts import LoginLimiter, PasswordHasher, RegistrationLimiter, UserStore
 from gateway.services.credentials import Credentials
@@ -76,6 +78,19 @@ async def resolve_secret(settings: Settings, redis: Client) -> Settings:
     return settings.model_copy(update={"auth": settings.auth.model_copy(update={"jwt_secret": secret})})
 
 
+class GatewayApp(FastAPI):
+    """FastAPI, with ``POST /orders`` handed to ``gateway.rest.fast`` before FastAPI's middleware stack."""
+
+    fast_place: FastPlace | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.fast_place
+        if lane is not None and scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     check_settings(settings)
@@ -119,13 +134,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.redis.aclose()
             metrics.worker_exit()
 
-    app = FastAPI(title="Simple Router", version="0.1.0", lifespan=lifespan,
+    app = GatewayApp(title="Simple Router", version="0.1.0", lifespan=lifespan,
                   description="Market data from Binance and OKX, and a paper-trading account. Every error is "
                               '`{"detail": "...", "code": "..."}`.')
     app.router.route_class = JsonRoute
     app.state.settings = settings
     errors.install(app)
-    app.add_middleware(FastPlace, routes=app.router.routes)  # innermost: reads the body parsed by the next one
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes)
     app.add_middleware(metrics.HttpMetricsMiddleware)  # outermost: times everything, 413s included
     # The routers' routes go on the application's own router, ahead of the docs pages: an included router is
@@ -135,4 +149,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               for route in router.routes]
     app.router.routes.extend(dashboard.routes)  # the dashboard (docs/dashboard.md)
     openapi.install(app, settings)
+    app.fast_place = FastPlace(app, functools.partial(FastAPI.__call__, app), app.router.routes,
+                               settings.gateway.max_body_bytes)
     return app

@@ -130,13 +130,24 @@ def worker_exit() -> None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 
+_http_children: dict[tuple[str, str, int], Any] = {}  # labels() validates and locks on every call
+
+
+def observe_http(method: str, template: str, status: int, seconds: float) -> None:
+    """One HTTP request answered, for ``HTTP_LATENCY``."""
+    key = (method, template, status)
+    child = _http_children.get(key)
+    if child is None:
+        child = _http_children[key] = HTTP_LATENCY.labels(method, template, str(status))
+    child.observe(seconds)
+
+
 class HttpMetricsMiddleware:
     """Times every HTTP request; labelled by the matched route's template (``/orders/{token_id}``), never the raw
     path, so the label set stays small. Unmatched paths share the label ``unmatched``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._children: dict[tuple[str, str, int], Any] = {}  # labels() validates and locks on every call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -156,8 +167,4 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            key = (scope.get("method", ""), template, status)
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = HTTP_LATENCY.labels(key[0], template, str(status))
-            child.observe(time.perf_counter() - start)
+            observe_http(scope.get("method", ""), template, status, time.perf_counter() - start)

@@ -168,6 +168,7 @@ async def test_gateway_metrics_move_with_ws_and_rest_traffic(redis_url: str, are
     assert d("sr_gateway_http_request_duration_seconds_count", route="/orders/{token_id}", method="GET",
              status="200") == 1
     assert d("sr_gateway_http_request_duration_seconds_count", route="/orders", status="400") == 1
+    assert d("sr_gateway_http_request_duration_seconds_count", route="/orders", method="POST", status="201") == 1
     assert d("sr_gateway_http_request_duration_seconds_count", route="/metrics") >= 3
     assert total(after, "sr_feed_state", exchange="okx", state="up") == 1
     assert 0 <= total(after, "sr_feed_heartbeat_age_seconds", exchange="binance") < 5

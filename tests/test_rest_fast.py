@@ -31,6 +31,14 @@ CASES: list[tuple[str, Any, dict[str, str] | None]] = [
     ("forged token", {**ORDER, "token_id": "t8"}, {"Authorization": "Bearer x.y.z"}),
     ("not json", "token_id=t9", {"Content-Type": "text/plain"}),
     ("market", {**ORDER, "token_id": "t10", "type": "market", "price": None}, {}),
+    ("charset", {**ORDER, "token_id": "t11"}, {"Content-Type": "application/json; charset=utf-8"}),
+    ("vendor json", {**ORDER, "token_id": "t12"}, {"Content-Type": "application/vnd.order+json"}),
+    ("invalid json", '{"token_id": "t13", ', {"Content-Type": "application/json"}),
+    ("duplicate key", '{"token_id": "t14", "token_id": "t15", "symbol": "BTCUSDT", "side": "buy", '
+                      '"price": "10000", "quantity": "0.001"}', {"Content-Type": "application/json"}),
+    ("not utf-8", b'{"token_id": "t16\xff"}', {"Content-Type": "application/json"}),
+    ("too large", {**ORDER, "token_id": "t17", "pad": "x" * 70_000}, {}),
+    ("empty", "", {"Content-Type": "application/json"}),
 ]
 VARYING = {"created_us", "updated_us", "date"}
 
@@ -58,7 +66,7 @@ async def _answers(redis_url: str, user: str, fast_on: bool, monkeypatch: pytest
             assert dep.status_code == 200
             for _, body, extra in CASES:
                 headers = {} if extra is None else {**token, **extra}
-                if isinstance(body, str):
+                if isinstance(body, str | bytes):
                     r = await c.post("/orders", content=body, headers=headers)
                 else:
                     r = await c.post("/orders", content=orjson.dumps(body),

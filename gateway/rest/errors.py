@@ -183,7 +183,11 @@ async def _redis_down(_: Request, exc: Exception) -> Response:
 
 
 async def _unhandled(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return unhandled_response(request.method, request.url.path, exc)
+
+
+def unhandled_response(method: str, path: str, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
     return _json(error_body(500, "internal error", "internal"), status_code=500)
 
 

@@ -128,10 +128,15 @@ def order_json(order: Order, fills: tuple[Fill, ...] | None = None, status_code:
     in the model's field order: the same bytes as ``OrderOut.model_validate(order)`` dumped (the order is the
     ledger's own typed object, already checked; tests/test_rest_models.py compares both), without building
     the model on the hot path of every order placed."""
+    return ExactJSON(order_content(order, fills), status_code)
+
+
+def order_content(order: Order, fills: tuple[Fill, ...] | None = None) -> dict[str, Any]:
+    """What ``order_json`` writes, as a dict for ``jsonio.dumps``."""
     out: dict[str, Any] = {f: getattr(order, f) for f in _ORDER_FIELDS}
     if fills is not None:
         out["fills"] = [{f: getattr(fill, f) for f in _FILL_FIELDS} for fill in fills]
-    return ExactJSON(out, status_code)
+    return out
 
 
 def orders_json(page: Page[Order]) -> ExactJSON:
