@@ -10,23 +10,19 @@ subscriptions here.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
-
-from redis.exceptions import RedisError
 
 from gateway.realtime import messages
 from gateway.realtime.protocol import Spec, Subscription
 from gateway.realtime.queue import ClientQueue
+from gateway.realtime.seed import seed_last
 from shared.book_merge import MergedBook, MergedLevel, merge_books
 from shared.names import Keyspace
 from shared.pubsub import RedisHub
 from shared.redis_conn import Client
-from shared.schema import Book, SchemaError, decode
+from shared.schema import Book
 from shared.settings import EXCHANGES
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -129,19 +125,6 @@ class BookStreams:
                 self._books[spec.symbol].pop(ex, None)  # no longer followed: must be re-seeded next time
 
     async def _seed(self, exchange: str, symbol: str) -> None:
-        try:
-            raw = await self.redis.get(self.keyspace.md_last_key("book", exchange, symbol))
-        except (RedisError, OSError) as e:
-            log.warning("cannot read the last book of %s %s: %r", exchange, symbol, e)
-            return
-        if raw is None:
-            return
-        try:
-            msg = decode(raw)
-        except SchemaError:
+        key = self.keyspace.md_last_key("book", exchange, symbol)
+        if await seed_last(self.redis, key, Book, exchange, symbol, self._books[symbol]) is None:
             self.bad_messages += 1
-            return
-        if isinstance(msg, Book) and msg.symbol == symbol and msg.exchange == exchange:
-            cur = self._books[symbol].get(exchange)
-            if cur is None or msg.ts_recv_us > cur.ts_recv_us:
-                self._books[symbol][exchange] = msg

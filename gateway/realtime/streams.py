@@ -26,12 +26,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from gateway.realtime import messages
 from gateway.realtime.book_stream import BookStreams
 from gateway.realtime.protocol import EXCHANGE_FILTERS, Spec, Subscription
 from gateway.realtime.queue import ClientQueue
+from gateway.realtime.seed import seed_last
 from shared.best_touch import Touch, best_touch
 from shared.ewma import EwmaFan
 from shared.feed_health import FeedHealth
@@ -192,23 +191,12 @@ class MarketData:
                 self._quotes[sym].pop(ex, None)  # no longer followed: must be re-seeded next time
 
     async def _seed(self, exchange: str, symbol: str) -> None:
-        try:
-            raw = await self._redis.get(self.keyspace.md_last_key("bbo", exchange, symbol))
-        except (RedisError, OSError) as e:
-            log.warning("cannot read the last bbo of %s %s: %r", exchange, symbol, e)
-            return
-        if raw is None:
-            return
-        try:
-            msg = decode(raw)
-        except SchemaError:
+        key = self.keyspace.md_last_key("bbo", exchange, symbol)
+        seeded = await seed_last(self._redis, key, BBO, exchange, symbol, self._quotes[symbol])
+        if seeded is None:
             self.bad_messages += 1
-            return
-        if isinstance(msg, BBO) and msg.symbol == symbol:
-            cur = self._quotes[symbol].get(exchange)
-            if cur is None or msg.ts_recv_us > cur.ts_recv_us:
-                self._quotes[symbol][exchange] = msg
-                self._touch_changed(symbol)
+        elif seeded:
+            self._touch_changed(symbol)
 
     # -- the reader's handler ----------------------------------------------------------------------
 

@@ -74,6 +74,20 @@ async def _drain(receive: Receive, budget: int) -> None:
                     return
 
 
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body already read, then whatever ``receive`` gives (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY) -> None:
         self.app = app
@@ -141,16 +155,7 @@ class BodyLimitMiddleware:
                 await _reply(send, 400, "invalid_json", str(e))
                 return
 
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
 
 class JsonRequest(Request):

@@ -24,11 +24,11 @@ from typing import Any, get_args, get_type_hints
 
 from starlette.requests import Request
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import jsonio
 from gateway.metrics import observe_http
-from gateway.rest.body import is_json_content_type
+from gateway.rest.body import is_json_content_type, replaying
 from gateway.rest.errors import service_error_response, unhandled_response
 from gateway.rest.models import order_content
 from gateway.services.requests import PlaceOrderIn, plain_place
@@ -102,15 +102,7 @@ class FastPlace:
             if not message.get("more_body", False):
                 break
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
-
+        replay = replaying(raw, receive)
         scope["app"] = self.app
         try:
             data = jsonio.loads(raw)
