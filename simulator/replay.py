@@ -190,30 +190,6 @@ def scan_keys(paths: list[str | Path]) -> tuple[set[str], set[tuple[str, str]]]:
 
 
 async def replay_file(path: str | Path, binance: BinanceServer, okx: OkxServer, speed: float = 1.0) -> int:
-    """Send every frame of one file to the subscribers of its stream; returns the number of frames read.
-
-    ``speed`` 1 keeps the recorded gaps, 10 is ten times faster, 0 sends as fast as clients read.
-    """
-    n = 0
-    t0: int | None = None
-    start = time.monotonic()
-    for fr in read_frames(path):
-        n += 1
-        if speed > 0:
-            if t0 is None:
-                t0 = fr.ts_us
-            delay = start + (fr.ts_us - t0) / 1e6 / speed - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        elif n % 200 == 0:
-            # As fast as possible, but never faster than the clients read (no dropped frames).
-            await binance.flush(60)
-            await okx.flush(60)
-        if isinstance(fr.key, str):  # Binance
-            assert fr.data is not None
-            binance.publish(fr.key, fr.data, fr.raw)
-        else:
-            okx.publish(fr.key, fr.raw)
-    await binance.flush(60)
-    await okx.flush(60)
-    return n
+    """Send every frame of one file to the subscribers of its stream, every recorded gap kept (divided by
+    ``speed``; 0: as fast as clients read); returns the number of frames sent."""
+    return await replay_timeline(read_frames(path), binance, okx, speed, max_gap_s=0)
