@@ -22,6 +22,7 @@ import time
 
 import httpx
 
+from bench.orders import stop_procs
 from shared.embedded_redis import EmbeddedRedis, free_port
 
 
@@ -122,12 +123,7 @@ def main() -> None:
                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
             asyncio.run(run(f"http://127.0.0.1:{port}", args.clients, args.seconds))
         finally:
-            gw.terminate()
-            try:
-                gw.wait(10)
-            except subprocess.TimeoutExpired:
-                gw.kill()
-                gw.wait()
+            stop_procs([gw])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench.orders import stop_procs
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.settings import ROOT
 
@@ -84,12 +85,7 @@ def gateway(redis_url: str, rounds: int, extra: dict[str, str], src: Path = ROOT
             time.sleep(0.1)
         yield base
     finally:
-        gw.terminate()
-        try:
-            gw.wait(10)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw.wait()
+        stop_procs([gw])
 
 
 async def login_loop(c: httpx.AsyncClient, user: str, pause: float, stop: asyncio.Event, out: Logins) -> None:

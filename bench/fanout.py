@@ -25,7 +25,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from bench import rawws
 from shared import names, tokens
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.schema import BBO, FeedStatus, Trade, encode
@@ -192,48 +192,10 @@ async def _load_raw(url: str, n: int, offset: int, symbols: list[str], cmds: Any
     """Load clients on ``bench.rawws``: frames parsed by hand, only sampled payloads looked into."""
     import orjson
 
-    from bench import rawws
-
-    st = rawws.Stats(4)
-    conns: list[rawws.RawClient] = []
-    sem = asyncio.Semaphore(50)
-
-    async def client(i: int) -> None:
-        tok = tokens.issue(f"bench{i}", SECRET, 3600)
-        sym = symbols[i % len(symbols)]
-        async with sem:
-            try:
-                c = await rawws.connect(f"{url}?token={tok}", st)
-            except Exception:  # noqa: BLE001 - counted, not fatal
-                st.closed += 1
-                return
-            conns.append(c)
-            for sub in subscribe_messages(mix, sym):
-                c.send_text(orjson.dumps(sub).decode())
-        await c.done
-        st.closed += 1
-
-    tasks = [asyncio.create_task(client(offset + i)) for i in range(n)]
-    loop = asyncio.get_running_loop()
-    while len(conns) + st.closed < n:  # noqa: ASYNC110 - a simple start-up poll
-        await asyncio.sleep(0.1)
-    results.put(("ready", offset))
-    t0 = cpu0 = 0.0
-    while True:
-        cmd = await loop.run_in_executor(None, cmds.get)
-        if cmd == "start":
-            st.count, st.lat, st.on = 0, [], True
-            t0, cpu0 = time.monotonic(), _self_cpu()
-        elif cmd == "stop":
-            st.on = False
-            results.put(("stats", {"count": st.count, "lat": st.lat, "secs": time.monotonic() - t0,
-                                   "cpu": _self_cpu() - cpu0, "closed": st.closed}))
-        else:
-            break
-    for c in conns:
-        c.close()
-    for t in tasks:
-        t.cancel()
+    clients = [(f"{url}?token={tokens.issue(f'bench{i}', SECRET, 3600)}",
+                [orjson.dumps(sub).decode() for sub in subscribe_messages(mix, symbols[i % len(symbols)])])
+               for i in range(offset, offset + n)]
+    await rawws.load_clients(clients, rawws.Stats(4), cmds, results, offset)
 
 
 async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, results: Any, mix: str) -> None:
@@ -277,11 +239,11 @@ async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, re
     while True:
         cmd = await loop.run_in_executor(None, cmds.get)
         if cmd == "start":
-            state.update(on=True, count=0, lat=[], t0=time.monotonic(), cpu0=_self_cpu())
+            state.update(on=True, count=0, lat=[], t0=time.monotonic(), cpu0=rawws.self_cpu())
         elif cmd == "stop":
             state["on"] = False
             results.put(("stats", {"count": state["count"], "lat": state["lat"], "secs": time.monotonic() - state["t0"],
-                                   "cpu": _self_cpu() - state["cpu0"], "closed": state["closed"]}))
+                                   "cpu": rawws.self_cpu() - state["cpu0"], "closed": state["closed"]}))
         else:
             break
     for ws in conns:
@@ -289,11 +251,6 @@ async def _load(url: str, n: int, offset: int, symbols: list[str], cmds: Any, re
             await ws.close()
     for t in tasks:
         t.cancel()
-
-
-def _self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 # -- gateway ---------------------------------------------------------------------------------------------

@@ -81,44 +81,12 @@ def load_process(url: str, first: int, n: int, symbols: list[str], mixes: list[s
 
 async def _load(url: str, first: int, n: int, symbols: list[str], mixes: list[str], subscribe: bool, cmds: Any,
                 results: Any) -> None:
-    st = rawws.Stats(4, skip=(b"klines",))
-    conns: list[rawws.RawClient] = []
-    sem = asyncio.Semaphore(50)
-
-    async def client(i: int) -> None:
+    clients = []
+    for i in range(first, first + n):
         mix, sym = group_of(i, symbols, mixes)
-        async with sem:
-            try:
-                c = await rawws.connect(client_url(url, i, mix, sym), st)
-            except Exception:  # noqa: BLE001 - counted, not fatal
-                st.closed += 1
-                return
-            conns.append(c)
-            if subscribe:
-                for text in subscribe_texts(mix, sym):
-                    c.send_text(text)
-        await c.done
-        st.closed += 1
-
-    tasks = [asyncio.create_task(client(first + i)) for i in range(n)]
-    loop = asyncio.get_running_loop()
-    while len(conns) + st.closed < n:  # noqa: ASYNC110 - a simple start-up poll
-        await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # the subscriptions' acks and snapshots
-    results.put(("ready", first))
-    while True:
-        cmd = await loop.run_in_executor(None, cmds.get)
-        if cmd == "start":
-            st.count, st.lat, st.on = 0, [], True
-        elif cmd == "stop":
-            st.on = False
-            results.put(("stats", {"count": st.count, "lat": st.lat, "closed": st.closed}))
-        else:
-            break
-    for c in conns:
-        c.close()
-    for t in tasks:
-        t.cancel()
+        clients.append((client_url(url, i, mix, sym), subscribe_texts(mix, sym) if subscribe else []))
+    # settle: the subscriptions' acks and snapshots
+    await rawws.load_clients(clients, rawws.Stats(4, skip=(b"klines",)), cmds, results, first, settle_s=0.5)
 
 
 class Loaders:

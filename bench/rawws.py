@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import resource
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 KEY = b'"ts_recv_us":'
@@ -169,3 +171,55 @@ async def connect(url: str, stats: Stats, open_timeout: float = 60) -> RawClient
         loop.create_connection(lambda: RawClient(stats, req), host, port), open_timeout)
     await asyncio.wait_for(proto.opened, open_timeout)
     return proto
+
+
+def self_cpu() -> float:
+    """CPU seconds this process has used (user + system)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def load_clients(clients: list[tuple[str, list[str]]], st: Stats, cmds: Any, results: Any, tag: Any,
+                       settle_s: float = 0.0) -> None:
+    """A load process's clients: each ``(url, texts)`` connects (50 at a time) and sends its texts (subscriptions);
+    once all are up (or failed: counted as closed) and ``settle_s`` later, ``("ready", tag)`` goes on ``results``.
+    Then commands from ``cmds``: "start" counts from zero, "stop" puts ``("stats", {count, lat, secs, cpu,
+    closed})``, anything else closes every client and returns."""
+    conns: list[RawClient] = []
+    sem = asyncio.Semaphore(50)
+
+    async def client(url: str, texts: list[str]) -> None:
+        async with sem:
+            try:
+                c = await connect(url, st)
+            except Exception:  # noqa: BLE001 - counted, not fatal
+                st.closed += 1
+                return
+            conns.append(c)
+            for text in texts:
+                c.send_text(text)
+        await c.done
+        st.closed += 1
+
+    tasks = [asyncio.create_task(client(url, texts)) for url, texts in clients]
+    loop = asyncio.get_running_loop()
+    while len(conns) + st.closed < len(clients):  # noqa: ASYNC110 - a simple start-up poll
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(settle_s)
+    results.put(("ready", tag))
+    t0 = cpu0 = 0.0
+    while True:
+        cmd = await loop.run_in_executor(None, cmds.get)
+        if cmd == "start":
+            st.count, st.lat, st.on = 0, [], True
+            t0, cpu0 = time.monotonic(), self_cpu()
+        elif cmd == "stop":
+            st.on = False
+            results.put(("stats", {"count": st.count, "lat": st.lat, "secs": time.monotonic() - t0,
+                                   "cpu": self_cpu() - cpu0, "closed": st.closed}))
+        else:
+            break
+    for c in conns:
+        c.close()
+    for t in tasks:
+        t.cancel()
