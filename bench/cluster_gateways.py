@@ -18,13 +18,10 @@ import contextlib
 import os
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
-from bench.orders import SECRET, Http, cpu_s, pct, spawn, stop_procs, wait_port
+from bench.orders import SECRET, Http, closed_loop, cpu_s, pct, spawn, stop_procs, wait_port
 from shared import tokens
 from shared.embedded_cluster import EmbeddedCluster
 from shared.embedded_redis import free_port
@@ -73,27 +70,9 @@ async def funded(ports: list[int], prefix: str, n: int) -> tuple[list[str], list
 async def phase(cluster: EmbeddedCluster, ports: list[int], pids: dict[str, list[int]], clients: int,
                 seconds: float, prefix: str) -> Phase:
     toks, conns = await funded(ports, prefix, clients)
-    lat: list[float] = []
-    accepted = 0
     cmds0 = command_calls(cluster)
     cpu0 = {k: cpu_s(v) for k, v in pids.items()}
-    deadline = time.monotonic() + seconds
-
-    async def client(i: int) -> None:
-        nonlocal accepted
-        n = 0
-        while time.monotonic() < deadline:
-            body = orjson.dumps({"token_id": f"o{n}", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00",
-                                 "quantity": "0.001"})
-            t0 = time.perf_counter()
-            st, _ = await conns[i].request("POST", "/orders", toks[i], body)
-            lat.append((time.perf_counter() - t0) * 1000)
-            accepted += st == 201
-            n += 1
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*[client(i) for i in range(clients)])
-    elapsed = time.perf_counter() - t0
+    accepted, _, lat, elapsed = await closed_loop(conns, toks, seconds)
     cpu = {k: cpu_s(v) - cpu0[k] for k, v in pids.items()}
     cmds = command_calls(cluster) - cmds0
     for c in conns:

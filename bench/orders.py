@@ -190,15 +190,14 @@ async def funded_clients(port: int, prefix: str, n: int) -> tuple[list[str], lis
     return toks, conns
 
 
-async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> None:
-    toks, conns = await funded_clients(port, "bench", clients)
+async def closed_loop(conns: list[Http], toks: list[str], seconds: float) -> tuple[int, int, list[float], float]:
+    """Each connection places resting limit orders one after another for ``seconds``: (accepted, refused,
+    latencies in ms, elapsed s)."""
     lat: list[float] = []
-    accepted = rejected = 0
-    cpu.start()
+    answers = {True: 0, False: 0}
     deadline = time.monotonic() + seconds
 
     async def client(i: int) -> None:
-        nonlocal accepted, rejected
         n = 0
         while time.monotonic() < deadline:
             body = orjson.dumps({"token_id": f"o{n}", "symbol": "BTCUSDT", "side": "buy", "price": "10000.00",
@@ -206,15 +205,18 @@ async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> 
             t0 = time.perf_counter()
             st, _ = await conns[i].request("POST", "/orders", toks[i], body)
             lat.append((time.perf_counter() - t0) * 1000)
-            if st == 201:
-                accepted += 1
-            else:
-                rejected += 1
+            answers[st == 201] += 1
             n += 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*[client(i) for i in range(clients)])
-    elapsed = time.perf_counter() - t0
+    await asyncio.gather(*[client(i) for i in range(len(conns))])
+    return answers[True], answers[False], lat, time.perf_counter() - t0
+
+
+async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> None:
+    toks, conns = await funded_clients(port, "bench", clients)
+    cpu.start()
+    accepted, rejected, lat, elapsed = await closed_loop(conns, toks, seconds)
     cpu_line = cpu.report(accepted)
     for c in conns:
         await c.close()
