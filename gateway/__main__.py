@@ -20,7 +20,7 @@ import sys  # noqa: E402
 import uvicorn  # noqa: E402
 
 from gateway.app import GatewayConfigError, check_settings  # noqa: E402
-from gateway.realtime.server import UVICORN_WS_OPTIONS  # noqa: E402
+from gateway.realtime.server import UVICORN_OPTIONS  # noqa: E402
 from shared.logs import setup_logging, uvicorn_log_config  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
@@ -40,7 +40,7 @@ try:
         workers=settings.gateway.workers,
         log_level=settings.log.level.lower(),
         log_config=uvicorn_log_config(settings.log.level),
-        **UVICORN_WS_OPTIONS,
+        **UVICORN_OPTIONS,
     )
 finally:
     if _own_dir:

@@ -61,16 +61,16 @@ def make_settings(redis_url: str, **env: str) -> Settings:
 async def run_gateway(redis_url: str, settings: Settings | None = None, app: Any = None,
                       uvicorn_options: dict[str, Any] | None = None, **env: str) -> AsyncIterator[str]:
     """``app``: an already built application (e.g. with extra test routes) instead of ``create_app``'s;
-    ``uvicorn_options`` override the gateway's (``gateway.realtime.server.UVICORN_WS_OPTIONS``)."""
+    ``uvicorn_options`` override the gateway's (``gateway.realtime.server.UVICORN_OPTIONS``)."""
     from gateway.app import create_app
-    from gateway.realtime.server import UVICORN_WS_OPTIONS
+    from gateway.realtime.server import UVICORN_OPTIONS
 
     uvicorn_options = uvicorn_options or {}
 
     settings = settings or make_settings(redis_url, **env)
     port = free_port()
     config = uvicorn.Config(app or create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on", **{**UVICORN_WS_OPTIONS, **uvicorn_options})
+                            lifespan="on", **{**UVICORN_OPTIONS, **uvicorn_options})
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -492,7 +492,7 @@ async def test_an_expiring_key_stops_working_and_closes_its_socket(redis_url: st
             assert await closed(ws, within=30) == (4001, "API key expired")
         finally:
             await cm.__aexit__(None, None, None)
-        # a new connection: the client's pooled one sat idle about as long as the server's keep-alive (5 s)
+        # a new connection (the pooled one has sat idle through the wait above)
         async with httpx.AsyncClient(base_url=base) as fresh:
             r = await fresh.get("/me", headers=bearer(key["key"]))
         assert r.status_code == 401 and r.json()["detail"] == "API key expired"

@@ -120,9 +120,13 @@ def frame_sink(scope: Mapping[str, Any]) -> FrameSink | None:
 
 
 # uvicorn options for the gateway (``python -m gateway`` and the tests' servers).
-UVICORN_WS_OPTIONS: dict[str, Any] = {
+UVICORN_OPTIONS: dict[str, Any] = {
     "ws": FrameSink,
     "ws_max_size": 64 * 1024,
     # Per-client deflate would compress every message once per client: off, so frames can be shared.
     "ws_per_message_deflate": False,
+    # An idle keep-alive connection is closed after this long. Above the clients' own idle limits (httpx 5 s,
+    # aiohttp 15 s), so a client never sends a request on a connection the server is closing at that moment
+    # (uvicorn's default, 5 s, equals httpx's: a POST could fail with a reset, seen in tests under load).
+    "timeout_keep_alive": 75,
 }
