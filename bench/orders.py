@@ -226,11 +226,12 @@ async def throughput(port: int, clients: int, seconds: float, cpu: CpuMeter) -> 
     print(cpu_line)
 
 
-async def offered_load(port: int, clients: int, rate: float, seconds: float, cpu: CpuMeter) -> None:
+async def offered_load(port: int, clients: int, rate: float, seconds: float, cpu: CpuMeter, prefix: str = "load",
+                       what: str = "") -> float:
     """Open loop: ``clients`` connections together offer ``rate`` orders/s on a fixed schedule; each latency is
     measured from the order's *scheduled* send time, so a slow server cannot hide its queueing (no coordinated
-    omission)."""
-    toks, conns = await funded_clients(port, "load", clients)
+    omission). Returns the p99 in ms."""
+    toks, conns = await funded_clients(port, prefix, clients)
     lat: list[float] = []
     accepted = 0
     interval = clients / rate  # each connection's share of the schedule
@@ -256,10 +257,26 @@ async def offered_load(port: int, clients: int, rate: float, seconds: float, cpu
     cpu_line = cpu.report(accepted)
     for c in conns:
         await c.close()
-    print(f"orders at an offered {rate:,.0f}/s over {clients} connections ({elapsed:.1f}s): {accepted} accepted "
-          f"({accepted / elapsed:,.0f}/s); latency from scheduled send p50 {pct(lat, 50):.1f} ms, "
+    print(f"orders at an offered {rate:,.0f}/s over {clients} connections{what} ({elapsed:.1f}s): {accepted} "
+          f"accepted ({accepted / elapsed:,.0f}/s); latency from scheduled send p50 {pct(lat, 50):.1f} ms, "
           f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
     print(cpu_line)
+    return pct(lat, 99)
+
+
+async def caught_up(r: aioredis.Redis) -> None:
+    """Until the matcher has read every order on its intake stream (placed while it was not running)."""
+    wait_s = 60.0
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(aioredis.ResponseError):
+            stream = names.intake_stream(0)
+            groups = await r.xinfo_groups(stream)
+            last = (await r.xinfo_stream(stream))["last-generated-id"]
+            if groups and groups[0]["last-delivered-id"] == last:
+                return
+        await asyncio.sleep(0.2)
+    print(f"  (the matcher had not caught up with its intake stream after {wait_s:.0f} s)")
 
 
 async def tick_to_fill(port: int, r: aioredis.Redis, ticks: int) -> None:
@@ -335,8 +352,8 @@ async def main() -> None:
         # BENCH_PROFILE=/tmp/gw.prof: the gateway runs under cProfile (stopped with SIGINT so the file is written)
         profile = os.environ.get("BENCH_PROFILE", "")
         # BENCH_MATCHER_PROFILE=/tmp/m.prof: the same for the matcher (it writes the file on SIGTERM too)
-        procs = [spawn("gateway", env, profile)] + ([] if os.environ.get("BENCH_NO_MATCHER") else
-                                                    [spawn("matcher", env, os.environ.get("BENCH_MATCHER_PROFILE", ""))])
+        with_matcher = not os.environ.get("BENCH_NO_MATCHER")
+        procs = [spawn("gateway", env, profile)]
         r = aioredis.Redis.from_url(srv.url)
         stop = asyncio.Event()
         hb = asyncio.create_task(heartbeat(r, stop))
@@ -344,12 +361,28 @@ async def main() -> None:
             await wait_port(port)
             await asyncio.sleep(0.5)
             assert srv.proc is not None
-            cpu = CpuMeter([procs[0].pid], [srv.proc.pid], [p.pid for p in procs[1:]])
+            cpu = CpuMeter([procs[0].pid], [srv.proc.pid], [])
+            reference = 0.0
+            if with_matcher:
+                if args.rate > 0:  # the reference for the tail with the matcher: the same load without it
+                    toks, conns = await funded_clients(port, "warm", args.clients)
+                    await closed_loop(conns, toks, 2.0)  # a first phase would pay for the gateway's warm-up
+                    for c in conns:
+                        await c.close()
+                    reference = await offered_load(port, args.clients, args.rate, args.seconds, cpu, "ref",
+                                                   " without the matcher")
+                procs.append(spawn("matcher", env, os.environ.get("BENCH_MATCHER_PROFILE", "")))
+                cpu.pids["matcher"] = [procs[-1].pid]
+                await caught_up(r)
             await throughput(port, args.clients, args.seconds, cpu)
             if args.rate > 0:
                 before = await r.info("commandstats")
-                await offered_load(port, args.clients, args.rate, args.seconds, cpu)
+                p99 = await offered_load(port, args.clients, args.rate, args.seconds, cpu,
+                                         what=" with the matcher" if with_matcher else " (no matcher)")
                 print(commands_line(before, await r.info("commandstats"), args.rate * args.seconds))
+                if reference:
+                    print(f"RESULT open loop at {args.rate:,.0f} orders/s: p99 {p99:.1f} ms with the matcher "
+                          f"(target < 20 ms), {reference:.1f} ms without it in the same run: {p99 / reference:.2f}x")
             if args.ticks > 0:
                 await tick_to_fill(port, r, args.ticks)
         finally:

@@ -100,7 +100,7 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per phase and round")
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="rounds of the three phases, interleaved (the median is printed: a busy machine skews "
                          "one phase, not the ratio)")
     ap.add_argument("--appendfsync", choices=["always", "everysec", "no"], default="always",
