@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared import names
 from shared.embedded_redis import EmbeddedRedis
 from shared.redis_conn import Connection, connect
 from tests.faults import publish_bbo
@@ -75,6 +76,12 @@ async def test_gateway_subscriptions_made_while_redis_is_down_come_back(tmp_path
                         break
                     except TimeoutError:
                         pass
+                # The order events have a connection of their own, back on its own backoff (up to 5 s): an event
+                # published before it has resubscribed is not for it (pub/sub keeps nothing), so wait for that.
+                channel = names.user_events_channel("down")
+                while (await r.pubsub_numsub(channel))[0][1] < 1:
+                    assert time.monotonic() < deadline, "the order events never resubscribed after Redis came back"
+                    await asyncio.sleep(0.1)
                 async with httpx.AsyncClient(base_url=base, timeout=5) as c:
                     h = auth(settings, "down")
                     assert (await c.post("/deposit", json={"asset": "USDT", "amount": 100},
